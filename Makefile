@@ -1,0 +1,31 @@
+# Set-up lives here so the README's two commands work on a fresh clone:
+#   make demo   runs the workflow on the embedded demo (snakemake --cores all)
+#   make test   runs the test suite
+VENV ?= .venv
+PYTHON ?= python3
+STAMP := $(VENV)/.installed
+CORES ?= all
+
+.PHONY: setup demo test report clean-results
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	# The CPU build from this machine's disk (a bare `torch` may pull a multi-GB CUDA build).
+	$(VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/snakemake --cores $(CORES)
+
+report: $(STAMP)
+	$(VENV)/bin/snakemake --report report.html
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest
+
+clean-results:
+	rm -rf results logs benchmarks .snakemake report.html

@@ -1,0 +1,34 @@
+"""LLM4REC: graph-edge-aware LLM recommendation, from raw reviews to a report."""
+
+import os
+import re
+import sys
+from pathlib import Path
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+SRC = Path(workflow.basedir) / "src"
+sys.path.insert(0, str(SRC))
+# Jobs (local, conda or SLURM) import the library from this checkout.
+os.environ.update(PYTHONPATH=os.pathsep.join([str(SRC), *os.getenv("PYTHONPATH", "").split(os.pathsep)]).rstrip(os.pathsep))
+
+import llm4rec  # noqa: E402  (after the path set-up above)
+
+
+configfile: "config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/graph.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

@@ -1,0 +1,173 @@
+"""SPEC section 2: rating filter, duplicate collapse, k-core, the seed's ids and split.
+
+Input is the canonical schema (``interim/reviews.parquet``, ``interim/items.parquet``, see
+the README); output is the processed tables every later stage reads.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .text import clean_list, clean_text
+
+SPLIT_SEED = 98765
+
+
+class EmptyDatasetError(ValueError):
+    """Nothing survived filtering; the message says which step emptied the data."""
+
+
+@dataclass(frozen=True)
+class PreprocessSettings:
+    min_rating: float = 3.0  # keep rating > min_rating
+    user_core: int = 5
+    item_core: int = 5
+    val_frac: float = 0.1
+    seed: int = SPLIT_SEED
+
+
+def k_core(pairs: pd.DataFrame, user_core: int, item_core: int) -> pd.DataFrame:
+    """Iteratively drop users and items below their minimum degree until none is left."""
+    while True:
+        u_deg = pairs["user_id"].map(pairs["user_id"].value_counts())
+        i_deg = pairs["item_id"].map(pairs["item_id"].value_counts())
+        keep = (u_deg >= user_core) & (i_deg >= item_core)
+        if keep.all():
+            return pairs
+        pairs = pairs[keep.to_numpy()]
+
+
+def _assign_ids(kept: pd.DataFrame, core: pd.DataFrame, seed: int) -> tuple[list, np.ndarray, list]:
+    """The seed's id procedure.
+
+    Users: order of first kept review in file order (among rating-filtered reviews, as the
+    seed's insertion-ordered dict), restricted to k-core survivors, shuffled by
+    ``random.Random(seed)``. Items: first appearance walking the shuffled users'
+    chronological lists.
+    """
+    survivors = set(core["user_id"].unique())
+    first_seen = kept["user_id"].drop_duplicates()
+    users = [u for u in first_seen if u in survivors]
+    random.Random(seed).shuffle(users)
+    uid_of = pd.Series(np.arange(len(users)), index=pd.Index(users, dtype=object))
+    chrono = core.assign(uid=core["user_id"].map(uid_of).to_numpy())
+    chrono = chrono.sort_values(["uid", "timestamp", "line"], kind="stable", na_position="last")
+    item_order = chrono["item_id"].drop_duplicates().tolist()
+    return users, chrono, item_order
+
+
+def split_users(chrono: pd.DataFrame, n_users: int, val_frac: float, seed: int) -> np.ndarray:
+    """Per user in id order, one ``np.random.RandomState(seed)`` shuffles the chronological list.
+
+    ``n_val = max(1, int(val_frac * n))``, ``n_test = n_val``; after the shuffle the first
+    ``n - 2 n_val`` items are train, the next ``n_val`` val and the last ``n_val`` test.
+    Returns the split label per row of ``chrono`` (which is sorted by uid, then time).
+    """
+    rng = np.random.RandomState(seed)
+    counts = np.bincount(chrono["uid"].to_numpy(), minlength=n_users)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    labels = np.empty(len(chrono), dtype=object)
+    for u in range(n_users):
+        n = int(counts[u])
+        perm = np.arange(n)
+        rng.shuffle(perm)
+        n_val = max(1, int(val_frac * n))
+        lab = np.array(["train"] * (n - 2 * n_val) + ["val"] * n_val + ["test"] * n_val, dtype=object)
+        labels[starts[u] + perm] = lab
+    return labels
+
+
+def clean_items(items: pd.DataFrame) -> pd.DataFrame:
+    """Last record of an asin wins; every text field cleaned alike (SPEC section 2)."""
+    items = items.sort_values("line", kind="stable").drop_duplicates("item_id", keep="last")
+    out = pd.DataFrame({"item_id": items["item_id"].to_numpy()})
+    for col in ("title", "brand", "description"):
+        out[col] = [clean_text(v) for v in items[col]] if col in items else None
+    out["categories"] = [clean_list(v) for v in items["categories"]] if "categories" in items else [[]] * len(out)
+    return out
+
+
+def preprocess(reviews: pd.DataFrame, items: pd.DataFrame,
+               settings: PreprocessSettings = PreprocessSettings()) -> dict:
+    """Return ``{"users", "items", "interactions", "stats"}`` per SPEC section 2."""
+    s = settings
+    reviews = reviews.sort_values("line", kind="stable") if "line" in reviews else \
+        reviews.assign(line=np.arange(1, len(reviews) + 1))
+    stats: dict = {"steps": {"reviews": _counts(reviews)}}
+    kept = reviews[reviews["rating"].astype(float) > s.min_rating]
+    stats["steps"]["rating_filter"] = _counts(kept)
+    dedup = (kept.sort_values(["timestamp", "line"], kind="stable", na_position="last")
+             .drop_duplicates(["user_id", "item_id"], keep="first").sort_values("line", kind="stable"))
+    stats["steps"]["duplicates_collapsed"] = _counts(dedup)
+    stats["duplicates_removed"] = int(len(kept) - len(dedup))
+    core = k_core(dedup, s.user_core, s.item_core)
+    stats["steps"]["k_core"] = _counts(core)
+    if core.empty:
+        raise EmptyDatasetError(
+            f"nothing survives the {s.user_core}/{s.item_core}-core: {len(dedup)} interactions of "
+            f"{dedup['user_id'].nunique()} users and {dedup['item_id'].nunique()} items before it. "
+            "Lower preprocess.user_core / preprocess.item_core in the config (e.g. 3), or use a larger dataset.")
+
+    users, chrono, item_order = _assign_ids(kept, core, s.seed)
+    n_users, n_items = len(users), len(item_order)
+    iid_of = pd.Series(np.arange(n_items), index=pd.Index(item_order, dtype=object))
+    chrono["iid"] = chrono["item_id"].map(iid_of).to_numpy()
+    chrono["split"] = split_users(chrono, n_users, s.val_frac, s.seed)
+    is_train = chrono["split"].to_numpy() == "train"
+    review_text = chrono["review_text"] if "review_text" in chrono else pd.Series([None] * len(chrono))
+    interactions = pd.DataFrame({
+        "uid": chrono["uid"].to_numpy(np.int64),
+        "iid": chrono["iid"].to_numpy(np.int64),
+        "rating": chrono["rating"].to_numpy(np.float64),
+        "timestamp": chrono["timestamp"].astype("Int64").to_numpy(),
+        "split": pd.Categorical(chrono["split"], categories=["train", "val", "test"]),
+        # Review texts of val/test pairs never reach training (SPEC section 2).
+        "review_text": [clean_text(t) if tr else None for t, tr in zip(review_text, is_train)],
+    })
+
+    meta = clean_items(items)
+    meta = meta[meta["item_id"].isin(iid_of.index)]
+    items_out = pd.DataFrame({"iid": np.arange(n_items, dtype=np.int64), "item_id": item_order})
+    items_out = items_out.merge(meta, on="item_id", how="left")
+    for col in ("title", "brand", "description"):
+        items_out[col] = items_out[col].astype(object).where(items_out[col].notna(), None)
+    items_out["categories"] = [c if isinstance(c, list) else [] for c in items_out["categories"]]
+    users_out = pd.DataFrame({"uid": np.arange(n_users, dtype=np.int64), "user_id": users})
+
+    stats.update(_split_stats(interactions, n_users, n_items))
+    stats["items_without_metadata"] = int((~items_out["item_id"].isin(meta["item_id"])).sum())
+    stats["settings"] = {"min_rating": s.min_rating, "user_core": s.user_core,
+                         "item_core": s.item_core, "val_frac": s.val_frac, "seed": s.seed}
+    return {"users": users_out, "items": items_out, "interactions": interactions, "stats": stats}
+
+
+def _counts(df: pd.DataFrame) -> dict:
+    return {"interactions": int(len(df)), "users": int(df["user_id"].nunique()),
+            "items": int(df["item_id"].nunique())}
+
+
+def _split_stats(inter: pd.DataFrame, n_users: int, n_items: int) -> dict:
+    per_split = inter["split"].value_counts().reindex(["train", "val", "test"], fill_value=0)
+    train_items = set(inter.loc[inter["split"] == "train", "iid"])
+    cold = {sp: int(len(set(inter.loc[inter["split"] == sp, "iid"]) - train_items)) for sp in ("val", "test")}
+    n = len(inter)
+    return {"users": n_users, "items": n_items, "interactions": int(n),
+            "per_split": {k: int(v) for k, v in per_split.items()},
+            "sparsity": float(1.0 - n / (n_users * n_items)),
+            "items_without_train_interaction": cold}
+
+
+def write_processed(result: dict, out_dir: Path) -> None:
+    """Write the processed tables and ``stats.json``."""
+    import json
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("users", "items", "interactions"):
+        result[name].to_parquet(out_dir / f"{name}.parquet", index=False)
+    (out_dir / "stats.json").write_text(json.dumps(result["stats"], indent=2) + "\n")
