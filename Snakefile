@@ -11,7 +11,9 @@ min_version("9.0")
 
 SRC = Path(workflow.basedir) / "src"
 sys.path.insert(0, str(SRC))
-# Jobs (local, conda or SLURM) import the library from this checkout.
+# Jobs (local, conda or SLURM) import the library from this checkout, and shell jobs find
+# the Python (and `accelerate`) that runs Snakemake unless a conda environment comes first.
+os.environ.update(PATH=os.pathsep.join([str(Path(sys.executable).parent), os.getenv("PATH", "")]))
 os.environ.update(PYTHONPATH=os.pathsep.join([str(SRC), *os.getenv("PYTHONPATH", "").split(os.pathsep)]).rstrip(os.pathsep))
 
 import llm4rec  # noqa: E402  (after the path set-up above)
@@ -26,6 +28,7 @@ validate(config, "workflow/schemas/config.schema.yaml")
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/graph.smk"
+include: "workflow/rules/model.smk"
 
 
 rule all:

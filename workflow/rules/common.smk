@@ -1,5 +1,7 @@
 """Helpers shared by the rules: dataset look-up, paths, params."""
 
+import json
+
 VERSION = llm4rec.__version__
 DATASET = config["dataset"]
 DATASETS = config["datasets"]
@@ -53,10 +55,58 @@ def local_inputs(wildcards):
     return {"reviews": spec["reviews"], "catalog": spec["items"]}
 
 
+
+
+VARIANTS = config["variants"]
+RUN = "results/{dataset}/{variant}-s{seed}"
+
+for _name in config["run_variants"]:
+    if _name not in VARIANTS:
+        raise ValueError(f"config 'run_variants' names {_name!r}, which is not in 'variants' ({', '.join(VARIANTS)})")
+
+
+def model_settings(variant):
+    """The `model` block with the variant's overrides applied."""
+    return {**config["model"], **VARIANTS[variant]}
+
+
+def run_settings(wildcards):
+    """Every setting a training or evaluation job reads, as one JSON string (a rerun trigger)."""
+    return json.dumps({
+        "seed": int(wildcards.seed),
+        "model": model_settings(wildcards.variant),
+        "pretrain": config["pretrain"],
+        "finetune": config["finetune"],
+        "evaluate": config["evaluate"],
+        "data_seed": config["data_seed"],
+    }, sort_keys=True)
+
+
+def tokenizer_input(wildcards):
+    """Only a backbone trained from scratch has a tokenizer trained on the dataset."""
+    return f"results/{wildcards.dataset}/tokenizer" if config["model"]["backbone"] == "tiny" else []
+
+
+def training_processes(wildcards, attempt=1):
+    """One process per GPU; on CPU `launch.num_processes` (1 unless testing)."""
+    gpus = config["resources"]["train_gpus"]
+    return gpus if gpus > 0 else config["launch"]["num_processes"]
+
+
+def launch(script):
+    """`accelerate launch` with the job's process count (workflow/scripts/launch.sh)."""
+    base = Path(workflow.basedir) / "workflow" / "scripts"
+    return f"bash {base / 'launch.sh'} {{resources.processes}} {base / script}"
+
+
 def all_targets():
     d = f"results/{DATASET}"
+    return [f"{d}/processed/stats.json", f"{d}/graph/stats.json", *run_targets(DATASET)]
+
+
+def run_targets(dataset):
     return [
-        f"{d}/processed/stats.json",
-        f"{d}/graph/stats.json",
-        f"{d}/graph/second_order.parquet",
+        f"results/{dataset}/{variant}-s{seed}/metrics.json"
+        for variant in config["run_variants"]
+        for seed in config["seeds"]
     ]

@@ -1,0 +1,450 @@
+"""Pre-training, fine-tuning and evaluation (SPEC sections 6-7), under `accelerate`.
+
+One process or several (one per GPU, or `--multi_gpu` CPU processes for tests): every
+global batch is the same list of examples whatever the process count; each process takes
+a contiguous share and the per-process objective is rescaled so that the averaged
+gradient equals the single-process one (mean loss over the global batch, regularization
+summed over it). Evaluation gives each process whole batches, so scores, and hence
+metrics, do not depend on the number of processes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .checkpoint import Checkpoint, TrainingState
+from .collate import EdgeAwareCollator
+from .graph import RelationIndex
+from .metrics import RankingEvaluator, selection_score, split_matrices
+from .model import EdgeAwareRecModel, build_tiny_backbone, context_length, load_backbone
+from .prompts import GRAPH_KINDS, Examples, build_collab_examples, build_content_examples, build_eval_examples, \
+    build_finetune_examples, train_items_by_user
+from .tokenization import EntityVocab, load_tokenizer, pad_token_id
+
+log = logging.getLogger("llm4rec.training")
+METRIC_KEYS = ("Recall@20", "Recall@40", "NDCG@100")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss became NaN or infinite; the message names stage, epoch and batch."""
+
+
+# --- set-up ----------------------------------------------------------------------------
+
+
+def make_accelerator(seed: int, threads: int | None = None):
+    """An `Accelerator` on the GPUs when visible, else on CPU (one or several processes)."""
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+    from accelerate.utils import set_seed
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    acc = Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp])
+    set_seed(seed)
+    log.info("accelerate: %s processes of type %s (process %d), device %s",
+             acc.num_processes, acc.distributed_type, acc.process_index, acc.device)
+    return acc
+
+
+@dataclass
+class Data:
+    """The processed tables and what every stage derives from them."""
+
+    n_users: int
+    n_items: int
+    interactions: pd.DataFrame
+    train_items: list[np.ndarray]
+    matrices: dict
+
+
+def load_data(processed: str | Path) -> Data:
+    processed = Path(processed)
+    n_users = len(pd.read_parquet(processed / "users.parquet", columns=["uid"]))
+    n_items = len(pd.read_parquet(processed / "items.parquet", columns=["iid"]))
+    inter = pd.read_parquet(processed / "interactions.parquet", columns=["uid", "iid", "split"])
+    return Data(n_users, n_items, inter, train_items_by_user(inter, n_users),
+                split_matrices(inter, n_users, n_items))
+
+
+def load_index(model_settings: dict, graph_dir: str | Path | None) -> RelationIndex | None:
+    """The relation index, unless the variant uses no bias at all."""
+    if model_settings["edge_bias"] == "none" or graph_dir is None:
+        return None
+    return RelationIndex.load(graph_dir)
+
+
+def tokenizer_source(model_settings: dict, tokenizer_dir: str | Path | None) -> str:
+    if model_settings["backbone"] == "tiny":
+        if tokenizer_dir is None:
+            raise ValueError("backbone 'tiny' needs the tokenizer trained by the `tokenizer` rule")
+        return str(tokenizer_dir)
+    return model_settings["backbone"]
+
+
+def build_model(model_settings: dict, tokenizer, data: Data, index: RelationIndex | None, seed: int) -> EdgeAwareRecModel:
+    """Backbone (tiny from scratch, or any causal LM by name/path) plus the entity tables."""
+    torch.manual_seed(seed)
+    m = model_settings
+    if m["backbone"] == "tiny":
+        t = m["tiny"]
+        backbone = build_tiny_backbone(len(tokenizer), n_layer=t["n_layer"], n_embd=t["n_embd"], n_head=t["n_head"],
+                                       n_positions=t["n_positions"], attn_implementation=m["attn_implementation"])
+    else:
+        backbone = load_backbone(m["backbone"], attn_implementation=m["attn_implementation"])
+    return EdgeAwareRecModel(backbone, data.n_users, data.n_items, lambda_v=m["lambda_v"],
+                             freeze_backbone=m["freeze_backbone"], edge_bias=m["edge_bias"],
+                             d6=index.d6 if index is not None else 6,
+                             max_hops=index.max_hops if index is not None else 5)
+
+
+def max_length(model: EdgeAwareRecModel, model_settings: dict) -> int:
+    """Longest sequence: the backbone's context, or less when the config caps it."""
+    cap = model_settings.get("max_length")
+    return min(context_length(model.backbone), cap) if cap else context_length(model.backbone)
+
+
+def tokenizer_corpus(items: pd.DataFrame, interactions: pd.DataFrame) -> list[str]:
+    """Texts a from-scratch tokenizer learns from: train reviews and item fields only."""
+    texts = interactions.loc[interactions["split"] == "train", "review_text"].dropna().tolist()
+    for col in ("title", "brand", "description"):
+        if col in items:
+            texts += items[col].dropna().tolist()
+    if "categories" in items:
+        texts += [", ".join(c) for c in items["categories"] if c is not None and len(c)]
+    return [str(t) for t in texts]
+
+
+def backbone_geometry(backbone: str, tiny: dict, tokenizer, max_length: int | None) -> tuple[int, int]:
+    """(input-embedding size, usable context) of a backbone, without loading its weights."""
+    if backbone == "tiny":
+        vocab, context = len(tokenizer), int(tiny["n_positions"])
+    else:
+        from transformers import AutoConfig
+
+        cfg = AutoConfig.from_pretrained(backbone, trust_remote_code=False)
+        vocab = int(cfg.vocab_size)
+        context = int(getattr(cfg, "n_positions", None) or cfg.max_position_embeddings)
+    return vocab, min(context, max_length) if max_length else context
+
+
+def encode_content(items: pd.DataFrame, interactions: pd.DataFrame, second_order: pd.DataFrame,
+                   tokenizer_dir: str | Path | None, backbone: str, tiny: dict, max_length: int | None,
+                   seed: int) -> Examples:
+    """All content examples of a dataset, tokenized once (the `encode` rule caches them)."""
+    tokenizer = load_tokenizer(tokenizer_dir if backbone == "tiny" else backbone)
+    vocab, max_len = backbone_geometry(backbone, tiny, tokenizer, max_length)
+    ev = EntityVocab(vocab, int(interactions["uid"].max()) + 1, len(items))
+    return build_content_examples(items, interactions, second_order, tokenizer, ev, max_len, seed)
+
+
+class _Steps(nn.Module):
+    """Routes every step through `forward`, so DistributedDataParallel syncs gradients."""
+
+    def __init__(self, model: EdgeAwareRecModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict, step: str, regularize: bool = False):
+        if step == "content":
+            return self.model.content_step(batch, regularize)
+        if step == "collab":
+            return self.model.collab_step(batch)
+        if step == "finetune":
+            return self.model.finetune_step(batch)
+        raise ValueError(step)
+
+
+# --- batching --------------------------------------------------------------------------
+
+
+def global_batches(n: int, batch_size: int, order: np.ndarray | None = None) -> list[np.ndarray]:
+    """The same list of example-index batches on every process."""
+    idx = np.arange(n) if order is None else order
+    return [idx[k:k + batch_size] for k in range(0, n, batch_size)]
+
+
+def local_share(batch: np.ndarray, n_proc: int, rank: int) -> tuple[np.ndarray, float]:
+    """This process's contiguous share of a global batch and its weight (share / batch size).
+
+    A process left without examples (batch smaller than the process count) reruns the
+    first example with weight 0, so that every process joins the gradient all-reduce.
+    """
+    part = np.array_split(batch, n_proc)[rank]
+    if len(part) == 0:
+        return batch[:1], 0.0
+    return part, len(part) / len(batch)
+
+
+def _run_step(steps: nn.Module, acc, optimizer, batch: dict, step: str, regularize: bool,
+              weight: float, where: str) -> tuple[float, float]:
+    loss, reg = steps(batch, step, regularize)
+    if not (torch.isfinite(loss) and torch.isfinite(reg)):
+        raise NonFiniteLossError(f"non-finite loss at {where} (loss={loss.item()}, reg={reg.item()})")
+    # Averaged over processes this is the global-batch mean loss plus the summed regularizer.
+    objective = (loss * weight + reg * (weight > 0)) * acc.num_processes
+    optimizer.zero_grad(set_to_none=True)
+    acc.backward(objective)
+    optimizer.step()
+    return float(loss.detach()), float(reg.detach())
+
+
+def _epoch(steps, acc, optimizer, examples: Examples, collate: EdgeAwareCollator, batch_size: int,
+           step: str, regularize: bool, label: str, order: np.ndarray | None = None) -> dict:
+    t0 = time.time()
+    losses, regs, sizes = [], [], []
+    batches = global_batches(len(examples), batch_size, order)
+    bar = tqdm(batches, desc=label, disable=not acc.is_local_main_process, mininterval=2.0, leave=False)
+    for b, gb in enumerate(bar):
+        part, weight = local_share(gb, acc.num_processes, acc.process_index)
+        batch = collate([examples[int(n)] for n in part])
+        loss, reg = _run_step(steps, acc, optimizer, batch, step, regularize, weight, f"{label}, batch {b}")
+        losses.append(loss)
+        regs.append(reg)
+        sizes.append(len(gb))
+        bar.set_postfix(loss=f"{np.average(losses, weights=sizes):.4f}")
+    return {"loss": float(np.average(losses, weights=sizes)) if losses else math.nan,
+            "reg": float(np.sum(regs)), "seconds": time.time() - t0}
+
+
+# --- evaluation ------------------------------------------------------------------------
+
+
+class Scorer:
+    """Scores users from their evaluation prompts (all train items, ascending)."""
+
+    def __init__(self, model: EdgeAwareRecModel, tokenizer, data: Data, index: RelationIndex | None,
+                 max_len: int, batch_size: int) -> None:
+        self.model = model
+        self.examples = build_eval_examples(data.train_items, tokenizer, model.entity_vocab, max_len)
+        self.collate = EdgeAwareCollator(model.entity_vocab, index, model.edge_bias, pad_token_id(tokenizer))
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def __call__(self, uids: np.ndarray) -> torch.Tensor:
+        was_training = self.model.training
+        self.model.eval()
+        batch = self.collate([self.examples[int(u)] for u in uids])
+        scores = self.model.score(batch).float()
+        self.model.train(was_training)
+        return scores
+
+
+def evaluate_split(scorer: Scorer, data: Data, split: str, acc, top_n: int = 0) -> dict:
+    """Metrics over users with targets in ``split``; identical for any process count."""
+    from accelerate.utils import gather_object
+
+    evaluator = RankingEvaluator(data.matrices["train"], data.matrices[split], batch_size=scorer.batch_size)
+    users = evaluator.users
+    batches = global_batches(len(users), scorer.batch_size)
+    mine = [b for k, b in enumerate(batches) if k % acc.num_processes == acc.process_index]
+    my_users = users[np.concatenate(mine)] if mine else users[:0]
+    if len(my_users):
+        local = RankingEvaluator(data.matrices["train"], data.matrices[split], batch_size=scorer.batch_size,
+                                 users=my_users).evaluate(scorer, top_n=top_n)
+        per_user, top = local.per_user, local.top_k
+    else:
+        per_user, top = None, None
+    parts = gather_object([(per_user, top)]) if acc.num_processes > 1 else [(per_user, top)]
+    per_user = pd.concat([p for p, _ in parts if p is not None]).sort_values("uid", kind="stable").reset_index(drop=True)
+    tops = [t for _, t in parts if t is not None]
+    top = pd.concat(tops).sort_values(["uid", "rank"], kind="stable").reset_index(drop=True) if tops else None
+    metrics = {k: float(per_user[k].to_numpy(np.float64).mean()) for k in METRIC_KEYS}
+    metrics["users"] = int(len(per_user))
+    return {"metrics": metrics, "per_user": per_user, "top_k": top}
+
+
+# --- stages ----------------------------------------------------------------------------
+
+
+@dataclass
+class StagePaths:
+    processed: Path
+    graph: Path | None
+    tokenizer: Path | None
+    out: Path
+    ckpt: Path
+    content: Path | None = None  # encoded content examples
+    pretrained: Path | None = None  # pretrain output (fine-tuning)
+    finetuned: Path | None = None  # finetune output (evaluation)
+
+
+def _select_content(examples: Examples, with_second_order: bool) -> Examples:
+    if with_second_order:
+        return examples
+    return _subset(examples, np.flatnonzero(~np.isin(examples.kind, sorted(GRAPH_KINDS))))
+
+
+def _subset(ex: Examples, rows: np.ndarray) -> Examples:
+    parts = []
+    for n in rows:
+        s, e = ex.offsets[n], ex.offsets[n + 1]
+        si, ei = ex.item_offsets[n], ex.item_offsets[n + 1]
+        parts.append((ex.ids[s:e], ex.items[si:ei]))
+    lens = np.array([len(p[0]) for p in parts], dtype=np.int64)
+    ilens = np.array([len(p[1]) for p in parts], dtype=np.int64)
+    return Examples(
+        ids=np.concatenate([p[0] for p in parts]) if parts else ex.ids[:0],
+        offsets=np.concatenate([[0], np.cumsum(lens)]).astype(np.int64),
+        prompt_len=ex.prompt_len[rows], kind=ex.kind[rows], uid=ex.uid[rows],
+        items=np.concatenate([p[1] for p in parts]) if parts else ex.items[:0],
+        item_offsets=np.concatenate([[0], np.cumsum(ilens)]).astype(np.int64),
+    )
+
+
+def pretrain_schedule(p: dict) -> list[tuple[str, bool]]:
+    """(kind, regularize) per pre-training epoch: content first, then collaborative epochs
+    with a content epoch after every `content_every`-th (SPEC section 6)."""
+    plan = [("content", False)] * p["content_epochs"]
+    for e in range(1, p["collab_epochs"] + 1):
+        plan.append(("collab", True))
+        if p["content_every"] and e % p["content_every"] == 0:
+            plan.append(("content", True))
+    return plan
+
+
+def pretrain(paths: StagePaths, settings: dict, fingerprint: str, threads: int | None = None) -> None:
+    """Content + collaborative pre-training; writes the last epoch's model and history."""
+    seed, m, p = settings["seed"], settings["model"], settings["pretrain"]
+    acc = make_accelerator(seed, threads)
+    data = load_data(paths.processed)
+    index = load_index(m, paths.graph)
+    tokenizer = load_tokenizer(tokenizer_source(m, paths.tokenizer))
+    model = build_model(m, tokenizer, data, index, seed)
+    max_len = max_length(model, m)
+    ev = model.entity_vocab
+    content = _select_content(Examples.load(paths.content), m["second_order"])
+    too_long = content.lengths() > max_len
+    if too_long.any():
+        raise ValueError(f"{int(too_long.sum())} content examples exceed the context ({max_len}); "
+                         "re-encode with the backbone's max_length")
+    collab = build_collab_examples(data.train_items, tokenizer, ev, max_len, seed)
+    collate = EdgeAwareCollator(ev, index, m["edge_bias"], pad_token_id(tokenizer))
+    opts = {side: torch.optim.Adam(model.side_parameters(side), lr=p["lr"]) for side in ("content", "collab")}
+    ckpt = Checkpoint(paths.ckpt, fingerprint)
+    state = ckpt.load(model, opts) or TrainingState()
+    acc.wait_for_everyone()
+    steps = acc.prepare(_Steps(model))
+    opts = {k: acc.prepare(o) for k, o in opts.items()}
+    plan = pretrain_schedule(p)
+    for epoch in range(state.epoch + 1, len(plan)):
+        kind, reg = plan[epoch]
+        label = f"pretrain epoch {epoch} ({kind})"
+        if kind == "content":
+            order = np.random.default_rng([seed, epoch]).permutation(len(content))
+            row = _epoch(steps, acc, opts["content"], content, collate, p["batch_content"], "content", reg, label, order)
+        else:
+            row = _epoch(steps, acc, opts["collab"], collab, collate, p["batch_collab"], "collab", True, label)
+        row = {"epoch": epoch, "kind": kind, **row}
+        log.info("%s", row)
+        state.history.append(row)
+        state.epoch = epoch
+        if acc.is_main_process:
+            ckpt.save(_unwrap(acc, steps).model, {k: _unwrap_opt(o) for k, o in opts.items()}, state, improved=False)
+        acc.wait_for_everyone()
+    if acc.is_main_process:
+        model = _unwrap(acc, steps).model
+        model.save(paths.out)
+        pd.DataFrame(state.history).to_csv(paths.out / "history.csv", index=False)
+        ckpt.clear()
+    acc.wait_for_everyone()
+    acc.end_training()
+
+
+def finetune(paths: StagePaths, settings: dict, fingerprint: str, threads: int | None = None) -> None:
+    """Recommendation fine-tuning with validation, early stopping and resumable state."""
+    seed, m, f = settings["seed"], settings["model"], settings["finetune"]
+    acc = make_accelerator(seed, threads)
+    data = load_data(paths.processed)
+    index = load_index(m, paths.graph)
+    tokenizer = load_tokenizer(tokenizer_source(m, paths.tokenizer))
+    model = EdgeAwareRecModel.load(paths.pretrained, attn_implementation=m["attn_implementation"])
+    # Content tables are regularization targets only (SPEC section 6).
+    for side_table in ("content_user", "content_item"):
+        model.tables[side_table].weight.requires_grad_(False)
+    max_len = max_length(model, m)
+    ev = model.entity_vocab
+    collate = EdgeAwareCollator(ev, index, model.edge_bias, pad_token_id(tokenizer))
+    opt = torch.optim.Adam(model.side_parameters("collab"), lr=f["lr"])
+    ckpt = Checkpoint(paths.ckpt, fingerprint)
+    state = ckpt.load(model, {"rec": opt}) or TrainingState()
+    acc.wait_for_everyone()
+    scorer = Scorer(model, tokenizer, data, index, max_len, settings["evaluate"]["batch_size"])
+    steps = acc.prepare(_Steps(model))
+    opt = acc.prepare(opt)
+    for epoch in range(state.epoch + 1, f["epochs"]):
+        if state.bad_epochs >= f["patience"]:
+            break
+        examples = build_finetune_examples(data.train_items, tokenizer, ev, max_len, seed, epoch)
+        row = _epoch(steps, acc, opt, examples, collate, f["batch_size"], "finetune", False,
+                     f"finetune epoch {epoch}")
+        val = evaluate_split(scorer, data, "val", acc)["metrics"]
+        score = selection_score(val)
+        improved = score > state.best_score
+        if improved:
+            state.best_score, state.best_epoch, state.bad_epochs = score, epoch, 0
+        else:
+            state.bad_epochs += 1
+        row = {"epoch": epoch, **row, **{f"val_{k}": val[k] for k in METRIC_KEYS}, "val_score": score}
+        log.info("%s", row)
+        state.history.append(row)
+        state.epoch = epoch
+        if acc.is_main_process:
+            ckpt.save(_unwrap(acc, steps).model, {"rec": _unwrap_opt(opt)}, state, improved)
+        acc.wait_for_everyone()
+    if acc.is_main_process:
+        model = _unwrap(acc, steps).model
+        if ckpt.best_weights().is_file():
+            model.load_weights(ckpt.best_weights())
+        model.save(paths.out)
+        pd.DataFrame(state.history).to_csv(paths.out / "history.csv", index=False)
+        best = next(r for r in state.history if r["epoch"] == state.best_epoch)
+        (paths.out / "best.json").write_text(json.dumps(
+            {"epoch": state.best_epoch, "val": {k: best[f"val_{k}"] for k in METRIC_KEYS}}, indent=2) + "\n")
+        ckpt.clear()
+    acc.wait_for_everyone()
+    acc.end_training()
+
+
+def evaluate(paths: StagePaths, settings: dict, metrics_path: Path, recommendations_path: Path,
+             per_user_path: Path | None = None, threads: int | None = None) -> dict:
+    """Test metrics of the best fine-tuned weights; top-K lists with scores per user."""
+    seed, m, e = settings["seed"], settings["model"], settings["evaluate"]
+    acc = make_accelerator(seed, threads)
+    data = load_data(paths.processed)
+    index = load_index(m, paths.graph)
+    tokenizer = load_tokenizer(tokenizer_source(m, paths.tokenizer))
+    model = EdgeAwareRecModel.load(paths.finetuned, attn_implementation=m["attn_implementation"]).to(acc.device)
+    scorer = Scorer(model, tokenizer, data, index, max_length(model, m), e["batch_size"])
+    res = evaluate_split(scorer, data, "test", acc, top_n=e["top_k"])
+    best = json.loads((paths.finetuned / "best.json").read_text())
+    out = {"test": res["metrics"], "val": {**best["val"]}, "epoch": best["epoch"]}
+    if acc.is_main_process:
+        metrics_path.write_text(json.dumps(out, indent=2) + "\n")
+        res["top_k"].to_parquet(recommendations_path, index=False)
+        if per_user_path is not None:
+            res["per_user"].to_parquet(per_user_path, index=False)
+    acc.wait_for_everyone()
+    acc.end_training()
+    return out
+
+
+def _unwrap(acc, module: nn.Module) -> nn.Module:
+    return acc.unwrap_model(module)
+
+
+def _unwrap_opt(opt):
+    return getattr(opt, "optimizer", opt)

@@ -1,0 +1,68 @@
+"""Shared fixtures: a copy of the checkout to run Snakemake in, built once per session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data" / "amazon2018"
+BIN = Path(sys.executable).parent
+
+
+def copy_checkout(dest: Path) -> Path:
+    """Copy what a fresh clone would hold (tracked and untracked, not ignored files)."""
+    files = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO, check=True, capture_output=True,
+    ).stdout.decode().split("\0")
+    for rel in filter(None, files):
+        src = REPO / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    return dest
+
+
+def snakemake(cwd: Path, *args: str, check: bool = True, timeout: float = 1800, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the venv's snakemake in ``cwd``; on failure show its output."""
+    cmd = [str(BIN / "snakemake"), *args]
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:
+    """Rule -> job count from the 'Job stats' table of a dry run."""
+    text = proc.stdout + proc.stderr
+    if "Nothing to be done" in text:
+        return {}
+    lines = text.split("Job stats:", 1)[1].splitlines()
+    jobs = {}
+    for line in lines[3:]:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        jobs[parts[0]] = int(parts[1])
+    return jobs
+
+
+@pytest.fixture(scope="session")
+def checkout(tmp_path_factory) -> Path:
+    """A fresh copy of the checkout, shared by the workflow tests that only read it."""
+    return copy_checkout(tmp_path_factory.mktemp("checkout"))
+
+
+@pytest.fixture(scope="session")
+def demo_data(checkout: Path) -> Path:
+    """The demo through the data and graph stages (run once per session)."""
+    snakemake(checkout, "--cores", "2", "results/demo/processed/stats.json",
+              "results/demo/graph/stats.json", "results/demo/graph/second_order.parquet")
+    return checkout / "results" / "demo"

@@ -1,0 +1,147 @@
+"""Model stages: tokenizer, encoded examples, pretrain, finetune, evaluate (SPEC sections 4-7)."""
+
+
+wildcard_constraints:
+    variant="|".join(re.escape(v) for v in VARIANTS),
+    seed=r"\d+",
+
+
+rule tokenizer:
+    input:
+        catalog="results/{dataset}/processed/items.parquet",
+        interactions="results/{dataset}/processed/interactions.parquet",
+    output:
+        directory("results/{dataset}/tokenizer"),
+    params:
+        vocab_size=config["model"]["tokenizer_vocab_size"],
+        version=VERSION,
+    log:
+        "logs/{dataset}/tokenizer.log",
+    benchmark:
+        "benchmarks/{dataset}/tokenizer.tsv"
+    conda:
+        "../../envs/llm4rec.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    script:
+        "../scripts/tokenizer.py"
+
+
+rule encode:
+    input:
+        catalog="results/{dataset}/processed/items.parquet",
+        interactions="results/{dataset}/processed/interactions.parquet",
+        second_order="results/{dataset}/graph/second_order.parquet",
+        tokenizer=tokenizer_input,
+    output:
+        content="results/{dataset}/encoded/content.npz",
+    params:
+        backbone=config["model"]["backbone"],
+        tiny=config["model"]["tiny"],
+        max_length=config["model"]["max_length"],
+        seed=config["data_seed"],
+        version=VERSION,
+    log:
+        "logs/{dataset}/encode.log",
+    benchmark:
+        "benchmarks/{dataset}/encode.tsv"
+    conda:
+        "../../envs/llm4rec.yaml"
+    threads: 1
+    resources:
+        mem_mb=8000,
+    script:
+        "../scripts/encode.py"
+
+
+rule pretrain:
+    input:
+        processed="results/{dataset}/processed/interactions.parquet",
+        graph="results/{dataset}/graph/relation",
+        content="results/{dataset}/encoded/content.npz",
+        tokenizer=tokenizer_input,
+    output:
+        directory(RUN + "/pretrain"),
+    params:
+        settings=run_settings,
+        version=VERSION,
+        ckpt=RUN + "/pretrain.ckpt",
+        tokenizer=lambda wc, input: input.tokenizer or "none",
+    log:
+        "logs/{dataset}/{variant}-s{seed}/pretrain.log",
+    benchmark:
+        "benchmarks/{dataset}/{variant}-s{seed}/pretrain.tsv"
+    conda:
+        "../../envs/llm4rec.yaml"
+    threads: workflow.cores
+    resources:
+        mem_mb=config["resources"]["train_mem_mb"],
+        gpu=config["resources"]["train_gpus"],
+        processes=training_processes,
+    shell:
+        launch("pretrain.py") + " --processed $(dirname {input.processed}) --graph {input.graph}"
+        " --content {input.content} --tokenizer {params.tokenizer} --out {output} --ckpt {params.ckpt}"
+        " --settings {params.settings:q} --version {params.version} --threads {threads} > {log} 2>&1"
+
+
+rule finetune:
+    input:
+        processed="results/{dataset}/processed/interactions.parquet",
+        graph="results/{dataset}/graph/relation",
+        pretrained=RUN + "/pretrain",
+        tokenizer=tokenizer_input,
+    output:
+        directory(RUN + "/finetune"),
+    params:
+        settings=run_settings,
+        version=VERSION,
+        ckpt=RUN + "/finetune.ckpt",
+        tokenizer=lambda wc, input: input.tokenizer or "none",
+    log:
+        "logs/{dataset}/{variant}-s{seed}/finetune.log",
+    benchmark:
+        "benchmarks/{dataset}/{variant}-s{seed}/finetune.tsv"
+    conda:
+        "../../envs/llm4rec.yaml"
+    threads: workflow.cores
+    resources:
+        mem_mb=config["resources"]["train_mem_mb"],
+        gpu=config["resources"]["train_gpus"],
+        processes=training_processes,
+    shell:
+        launch("finetune.py") + " --processed $(dirname {input.processed}) --graph {input.graph}"
+        " --pretrained {input.pretrained} --tokenizer {params.tokenizer} --out {output} --ckpt {params.ckpt}"
+        " --settings {params.settings:q} --version {params.version} --threads {threads} > {log} 2>&1"
+
+
+rule evaluate:
+    input:
+        processed="results/{dataset}/processed/interactions.parquet",
+        graph="results/{dataset}/graph/relation",
+        finetuned=RUN + "/finetune",
+        tokenizer=tokenizer_input,
+    output:
+        metrics=RUN + "/metrics.json",
+        recommendations=RUN + "/recommendations.parquet",
+        per_user=RUN + "/per_user.parquet",
+    params:
+        settings=run_settings,
+        version=VERSION,
+        tokenizer=lambda wc, input: input.tokenizer or "none",
+    log:
+        "logs/{dataset}/{variant}-s{seed}/evaluate.log",
+    benchmark:
+        "benchmarks/{dataset}/{variant}-s{seed}/evaluate.tsv"
+    conda:
+        "../../envs/llm4rec.yaml"
+    threads: workflow.cores
+    resources:
+        mem_mb=config["resources"]["train_mem_mb"],
+        gpu=config["resources"]["train_gpus"],
+        processes=training_processes,
+    shell:
+        launch("evaluate.py") + " --processed $(dirname {input.processed}) --graph {input.graph}"
+        " --finetuned {input.finetuned} --tokenizer {params.tokenizer} --metrics {output.metrics}"
+        " --recommendations {output.recommendations} --per-user {output.per_user}"
+        " --settings {params.settings:q} --version {params.version} --threads {threads} > {log} 2>&1"

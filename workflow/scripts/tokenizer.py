@@ -1,0 +1,12 @@
+"""Train the byte-level BPE of the `tiny` backbone on train-split texts."""
+
+import pandas as pd
+
+from llm4rec.logutil import log_to
+from llm4rec.tokenization import train_bpe_tokenizer
+from llm4rec.training import tokenizer_corpus
+
+with log_to(snakemake.log[0]) as log:
+    texts = tokenizer_corpus(pd.read_parquet(snakemake.input.catalog), pd.read_parquet(snakemake.input.interactions))
+    tok = train_bpe_tokenizer(texts, snakemake.output[0], vocab_size=snakemake.params.vocab_size)
+    log.info("tokenizer: %d texts, vocabulary %d", len(texts), len(tok))
