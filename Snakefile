@@ -14,6 +14,7 @@ sys.path.insert(0, str(SRC))
 # Jobs (local, conda or SLURM) import the library from this checkout, and shell jobs find
 # the Python (and `accelerate`) that runs Snakemake unless a conda environment comes first.
 os.environ.update(PATH=os.pathsep.join([str(Path(sys.executable).parent), os.getenv("PATH", "")]))
+os.environ.update(LLM4REC_SCRIPTS=str(Path(workflow.basedir) / "workflow" / "scripts"))
 os.environ.update(PYTHONPATH=os.pathsep.join([str(SRC), *os.getenv("PYTHONPATH", "").split(os.pathsep)]).rstrip(os.pathsep))
 
 import llm4rec  # noqa: E402  (after the path set-up above)
@@ -25,10 +26,15 @@ configfile: "config.yaml"
 validate(config, "workflow/schemas/config.schema.yaml")
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/graph.smk"
 include: "workflow/rules/model.smk"
+include: "workflow/rules/baselines.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:

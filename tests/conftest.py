@@ -66,3 +66,30 @@ def demo_data(checkout: Path) -> Path:
     snakemake(checkout, "--cores", "2", "results/demo/processed/stats.json",
               "results/demo/graph/stats.json", "results/demo/graph/second_order.parquet")
     return checkout / "results" / "demo"
+
+
+@pytest.fixture(scope="session")
+def demo_run(demo_data: Path, checkout: Path) -> Path:
+    """The README's main command (`snakemake --cores all`) on the demo, run once per session."""
+    snakemake(checkout, "--cores", "all")
+    return checkout
+
+
+CI_CONFIG = ("--configfile", "configs/ci.yaml")
+CI_RUN = "results/demo/full-s0"
+
+
+@pytest.fixture(scope="session")
+def ci_base(tmp_path_factory) -> Path:
+    """A checkout with the short CI schedule run end to end once (1 core, 1 process)."""
+    work = copy_checkout(tmp_path_factory.mktemp("ci_base"))
+    snakemake(work, f"{CI_RUN}/metrics.json", "--cores", "1", *CI_CONFIG)
+    return work
+
+
+@pytest.fixture
+def ci_copy(ci_base: Path, tmp_path: Path) -> Path:
+    """A private copy of `ci_base` (outputs, Snakemake metadata and timestamps included)."""
+    dest = tmp_path / "work"
+    shutil.copytree(ci_base, dest, symlinks=True)
+    return dest

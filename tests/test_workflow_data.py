@@ -33,8 +33,8 @@ def test_demo_data_stages_then_nothing_to_do(checkout, demo_data):
 def test_changed_core_setting_reruns_only_downstream(checkout, demo_data):
     targets = ["results/demo/processed/stats.json", "results/demo/graph/stats.json",
                "results/demo/graph/second_order.parquet"]
-    plan = planned_jobs(snakemake(
-        checkout, "-n", *targets, "--config", "preprocess={min_rating: 3.0, user_core: 4, item_core: 5}"))
+    (checkout / "core4.yaml").write_text("preprocess: {min_rating: 3.0, user_core: 4, item_core: 5}\n")
+    plan = planned_jobs(snakemake(checkout, *targets, "-n", "--configfile", "core4.yaml"))
     assert {"preprocess", "relation_matrix", "second_order"} <= set(plan)
     assert "download" not in plan and "convert" not in plan
 

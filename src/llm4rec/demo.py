@@ -110,7 +110,11 @@ def generate_interactions(s: DemoSettings = DEMO) -> tuple[pd.DataFrame, pd.Data
     # Oversample to make up for repeated draws removed below.
     draws = np.repeat(np.arange(s.n_users), (per_user * 1.4).astype(int) + 2)
     cum_taste = np.cumsum(taste, axis=1)
-    c = (cum_taste[draws] < rng.random(len(draws))[:, None]).sum(axis=1).clip(max=n_clusters - 1)
+    # Inverse CDF per draw over the user's taste row, without a draws x clusters matrix.
+    cum_taste[:, -1] = 1.0
+    flat = (cum_taste + np.arange(s.n_users)[:, None]).ravel()
+    pos = np.searchsorted(flat, draws + rng.random(len(draws)), side="right")
+    c = np.minimum(pos - draws * n_clusters, n_clusters - 1)
     # Item within the cluster by popularity (inverse CDF over the concatenated clusters).
     order = np.argsort(items["cluster"].to_numpy(), kind="stable")
     pop = items["popularity"].to_numpy()[order]

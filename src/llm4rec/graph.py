@@ -21,8 +21,9 @@ and item-item distances are even, user-item odd). With ``B`` the users x items 0
 ``C = B^T B > 0`` (items within two hops, the item itself included when it has a user):
 
 * item-item: ``d = 2`` iff ``j`` is in row ``i`` of ``C``; ``d <= 4`` iff rows ``i`` and ``j`` of
-  ``C`` intersect. Rows of "hub" items (the longest rows of ``C``) are replaced by precomputed
-  4-hop balls stored as bit sets, so a query costs at most twice the hub threshold.
+  ``C`` intersect. "Hub" items (rows of ``C`` longer than ``hub_threshold``, longest first,
+  capped by count and memory) get their 4-hop ball precomputed as bits by bit-parallel BFS, so a
+  query is one bit lookup or a merge of two short rows.
 * user-item: ``d = 1`` iff ``B[u, i]``; ``d <= 3`` iff ``B[u]`` meets ``C[i]``; ``d <= 5`` iff some
   item of ``u`` is within 4 hops of ``i`` (the item-item test on the expanded pairs).
 * user-user: ``d = 2`` iff ``B[u]`` meets ``B[v]``; ``d <= 4`` iff some item of ``u`` is within 3

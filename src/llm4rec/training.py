@@ -50,10 +50,11 @@ def make_accelerator(seed: int, threads: int | None = None):
     from accelerate import Accelerator, DistributedDataParallelKwargs
     from accelerate.utils import set_seed
 
-    if threads:
-        torch.set_num_threads(int(threads))
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
     acc = Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp])
+    if threads:
+        # The job's threads are shared by its processes (oversubscribed CPUs run ~10x slower).
+        torch.set_num_threads(max(1, int(threads) // acc.num_processes))
     set_seed(seed)
     log.info("accelerate: %s processes of type %s (process %d), device %s",
              acc.num_processes, acc.distributed_type, acc.process_index, acc.device)
@@ -335,7 +336,7 @@ def pretrain(paths: StagePaths, settings: dict, fingerprint: str, threads: int |
     collate = EdgeAwareCollator(ev, index, m["edge_bias"], pad_token_id(tokenizer))
     opts = {side: torch.optim.Adam(model.side_parameters(side), lr=p["lr"]) for side in ("content", "collab")}
     ckpt = Checkpoint(paths.ckpt, fingerprint)
-    state = ckpt.load(model, opts) or TrainingState()
+    state = _resume(ckpt, model, opts, "pretrain")
     acc.wait_for_everyone()
     steps = acc.prepare(_Steps(model))
     opts = {k: acc.prepare(o) for k, o in opts.items()}
@@ -380,7 +381,7 @@ def finetune(paths: StagePaths, settings: dict, fingerprint: str, threads: int |
     collate = EdgeAwareCollator(ev, index, model.edge_bias, pad_token_id(tokenizer))
     opt = torch.optim.Adam(model.side_parameters("collab"), lr=f["lr"])
     ckpt = Checkpoint(paths.ckpt, fingerprint)
-    state = ckpt.load(model, {"rec": opt}) or TrainingState()
+    state = _resume(ckpt, model, {"rec": opt}, "finetune")
     acc.wait_for_everyone()
     scorer = Scorer(model, tokenizer, data, index, max_len, settings["evaluate"]["batch_size"])
     steps = acc.prepare(_Steps(model))
@@ -440,6 +441,15 @@ def evaluate(paths: StagePaths, settings: dict, metrics_path: Path, recommendati
     acc.wait_for_everyone()
     acc.end_training()
     return out
+
+
+def _resume(ckpt: Checkpoint, model: nn.Module, opts: dict, stage: str) -> TrainingState:
+    state = ckpt.load(model, opts)
+    if state is None:
+        log.info("%s: starting at epoch 0 (no checkpoint with this fingerprint)", stage)
+        return TrainingState()
+    log.info("%s: resuming after epoch %d from %s", stage, state.epoch, ckpt.dir)
+    return state
 
 
 def _unwrap(acc, module: nn.Module) -> nn.Module:

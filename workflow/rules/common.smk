@@ -30,8 +30,9 @@ def download_params(wildcards):
     from llm4rec.download import source_urls
 
     if spec["source"] == "demo":
-        demo_dir = Path(workflow.basedir) / "resources" / "demo"
-        urls = {k: (demo_dir / f"{k}.json.gz").as_uri() for k in ("reviews", "meta")}
+        # A path relative to the working directory (made a file:// URL by the script), so
+        # that moving the checkout changes no params.
+        urls = {k: f"resources/demo/{k}.json.gz" for k in ("reviews", "meta")}
     else:
         urls = source_urls(spec["source"], spec.get("category"), config["url_templates"],
                            {k: spec[k] for k in ("reviews", "meta") if k in spec})
@@ -87,21 +88,26 @@ def tokenizer_input(wildcards):
     return f"results/{wildcards.dataset}/tokenizer" if config["model"]["backbone"] == "tiny" else []
 
 
-def training_processes(wildcards, attempt=1):
-    """One process per GPU; on CPU `launch.num_processes` (1 unless testing)."""
-    gpus = config["resources"]["train_gpus"]
+def training_processes(gpus):
+    """Processes of a training or evaluation job: one per GPU it gets (its `gpu` resource);
+    without GPUs `launch.num_processes` CPU processes (1 unless testing)."""
+    gpus = int(gpus or 0)
     return gpus if gpus > 0 else config["launch"]["num_processes"]
 
 
 def launch(script):
-    """`accelerate launch` with the job's process count (workflow/scripts/launch.sh)."""
-    base = Path(workflow.basedir) / "workflow" / "scripts"
-    return f"bash {base / 'launch.sh'} {{resources.processes}} {base / script}"
+    """`accelerate launch` with the job's process count (workflow/scripts/launch.sh).
+
+    The scripts' folder comes from $LLM4REC_SCRIPTS (set in the Snakefile), so the shell
+    command holds no absolute path and moving the checkout does not count as a code change.
+    """
+    return f'bash "$LLM4REC_SCRIPTS/launch.sh" {{resources.gpu}} {{params.cpu_processes}} "$LLM4REC_SCRIPTS/{script}"'
 
 
 def all_targets():
     d = f"results/{DATASET}"
-    return [f"{d}/processed/stats.json", f"{d}/graph/stats.json", *run_targets(DATASET)]
+    return [f"{d}/processed/stats.json", f"{d}/graph/stats.json", *run_targets(DATASET),
+            *baseline_targets(DATASET), *report_targets(DATASET)]
 
 
 def run_targets(dataset):

@@ -62,23 +62,23 @@ rule pretrain:
         content="results/{dataset}/encoded/content.npz",
         tokenizer=tokenizer_input,
     output:
-        directory(RUN + "/pretrain"),
+        directory(f"{RUN}/pretrain"),
     params:
         settings=run_settings,
         version=VERSION,
-        ckpt=RUN + "/pretrain.ckpt",
+        ckpt=f"{RUN}/pretrain.ckpt",
         tokenizer=lambda wc, input: input.tokenizer or "none",
+        cpu_processes=config["launch"]["num_processes"],
     log:
         "logs/{dataset}/{variant}-s{seed}/pretrain.log",
     benchmark:
         "benchmarks/{dataset}/{variant}-s{seed}/pretrain.tsv"
     conda:
         "../../envs/llm4rec.yaml"
-    threads: workflow.cores
+    threads: config["resources"]["train_threads"]
     resources:
         mem_mb=config["resources"]["train_mem_mb"],
         gpu=config["resources"]["train_gpus"],
-        processes=training_processes,
     shell:
         launch("pretrain.py") + " --processed $(dirname {input.processed}) --graph {input.graph}"
         " --content {input.content} --tokenizer {params.tokenizer} --out {output} --ckpt {params.ckpt}"
@@ -89,26 +89,26 @@ rule finetune:
     input:
         processed="results/{dataset}/processed/interactions.parquet",
         graph="results/{dataset}/graph/relation",
-        pretrained=RUN + "/pretrain",
+        pretrained=f"{RUN}/pretrain",
         tokenizer=tokenizer_input,
     output:
-        directory(RUN + "/finetune"),
+        directory(f"{RUN}/finetune"),
     params:
         settings=run_settings,
         version=VERSION,
-        ckpt=RUN + "/finetune.ckpt",
+        ckpt=f"{RUN}/finetune.ckpt",
         tokenizer=lambda wc, input: input.tokenizer or "none",
+        cpu_processes=config["launch"]["num_processes"],
     log:
         "logs/{dataset}/{variant}-s{seed}/finetune.log",
     benchmark:
         "benchmarks/{dataset}/{variant}-s{seed}/finetune.tsv"
     conda:
         "../../envs/llm4rec.yaml"
-    threads: workflow.cores
+    threads: config["resources"]["train_threads"]
     resources:
         mem_mb=config["resources"]["train_mem_mb"],
         gpu=config["resources"]["train_gpus"],
-        processes=training_processes,
     shell:
         launch("finetune.py") + " --processed $(dirname {input.processed}) --graph {input.graph}"
         " --pretrained {input.pretrained} --tokenizer {params.tokenizer} --out {output} --ckpt {params.ckpt}"
@@ -119,27 +119,27 @@ rule evaluate:
     input:
         processed="results/{dataset}/processed/interactions.parquet",
         graph="results/{dataset}/graph/relation",
-        finetuned=RUN + "/finetune",
+        finetuned=f"{RUN}/finetune",
         tokenizer=tokenizer_input,
     output:
-        metrics=RUN + "/metrics.json",
-        recommendations=RUN + "/recommendations.parquet",
-        per_user=RUN + "/per_user.parquet",
+        metrics=f"{RUN}/metrics.json",
+        recommendations=f"{RUN}/recommendations.parquet",
+        per_user=f"{RUN}/per_user.parquet",
     params:
         settings=run_settings,
         version=VERSION,
         tokenizer=lambda wc, input: input.tokenizer or "none",
+        cpu_processes=config["launch"]["num_processes"],
     log:
         "logs/{dataset}/{variant}-s{seed}/evaluate.log",
     benchmark:
         "benchmarks/{dataset}/{variant}-s{seed}/evaluate.tsv"
     conda:
         "../../envs/llm4rec.yaml"
-    threads: workflow.cores
+    threads: config["resources"]["train_threads"]
     resources:
         mem_mb=config["resources"]["train_mem_mb"],
         gpu=config["resources"]["train_gpus"],
-        processes=training_processes,
     shell:
         launch("evaluate.py") + " --processed $(dirname {input.processed}) --graph {input.graph}"
         " --finetuned {input.finetuned} --tokenizer {params.tokenizer} --metrics {output.metrics}"

@@ -10,8 +10,10 @@ with log_to(snakemake.log[0]) as log:
     p = snakemake.params.download
     record = {}
     for kind in ("reviews", "meta"):
+        url = p["urls"][kind]
         record[kind] = fetch(
-            p["urls"][kind], Path(snakemake.output[kind]), sha256=p["sha256"][kind],
+            url if "://" in url else Path(url).resolve().as_uri(), Path(snakemake.output[kind]),
+            sha256=p["sha256"][kind],
             size=p["size"][kind], retries=p["retries"], backoff=p["backoff"], timeout=p["timeout"],
         )
         log.info("%s: %s", kind, record[kind])

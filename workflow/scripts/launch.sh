@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# Usage: launch.sh NPROC SCRIPT [ARGS...]
-# Runs SCRIPT under `accelerate launch`: one process, or NPROC processes (one per GPU; on a
-# machine without GPUs, NPROC CPU processes of type MULTI_CPU) on a free local port.
+# Usage: launch.sh GPUS CPU_PROCS SCRIPT [ARGS...]
+# Runs SCRIPT under `accelerate launch`: one process per GPU the job was given (GPUS, the
+# rule's `gpu` resource); without GPUs (GPUS=0) CPU_PROCS processes, one unless testing
+# (more than one: processes of type MULTI_CPU). Several processes talk on a free local port.
 set -euo pipefail
-n=$1
-shift
+gpus=${1:-0}
+cpu=$2
+shift 2
+if [ "$gpus" -gt 0 ]; then n=$gpus; else n=$cpu; fi
 args=(--num_machines 1 --mixed_precision no --dynamo_backend no --num_processes "$n")
 if [ "$n" -gt 1 ]; then
     port=$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     args+=(--multi_gpu --main_process_port "$port")
 fi
+echo "launch.sh: $n process(es) (gpu resource: $gpus)" >&2
 exec accelerate launch "${args[@]}" "$@"

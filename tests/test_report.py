@@ -1,0 +1,184 @@
+"""The Snakemake report after the demo run: built, self-contained, renders without console errors.
+
+Chromium is driven over the DevTools protocol on a pipe (`--remote-debugging-pipe`: JSON
+messages separated by NUL bytes on file descriptors 3 and 4), with the standard library only.
+`--enable-logging=stderr` cannot tell console levels apart (every message is logged at INFO),
+so the test listens to `Runtime.consoleAPICalled`, `Runtime.exceptionThrown` and
+`Log.entryAdded` instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import snakemake
+
+CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium") or "") if p and Path(p).is_file()), None)
+
+
+class DevTools:
+    """A headless Chromium and one page, spoken to over `--remote-debugging-pipe`."""
+
+    def __init__(self, binary: str, profile: Path) -> None:
+        to_r, self._to_w = os.pipe()
+        self._from_r, from_w = os.pipe()
+        args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                f"--user-data-dir={profile}", "--remote-debugging-pipe", "about:blank"]
+        # Chromium reads commands on fd 3 and writes replies and events on fd 4.
+        self.proc = subprocess.Popen(
+            ["sh", "-c", f'exec "$0" "$@" 3<&{to_r} 4>&{from_w} {to_r}<&- {from_w}>&-', binary, *args],
+            pass_fds=(to_r, from_w), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.close(to_r)
+        os.close(from_w)
+        self._buf = b""
+        self._id = 0
+        self.events: list[dict] = []
+        self.session: str | None = None
+
+    def _read(self, timeout: float) -> dict | None:
+        deadline = time.monotonic() + timeout
+        while b"\0" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._from_r], [], [], left)[0]:
+                return None
+            chunk = os.read(self._from_r, 1 << 20)
+            if not chunk:
+                raise RuntimeError("chromium closed the DevTools pipe")
+            self._buf += chunk
+        msg, self._buf = self._buf.split(b"\0", 1)
+        return json.loads(msg)
+
+    def send(self, method: str, params: dict | None = None, session: bool = True, timeout: float = 30) -> dict:
+        """Send one command and wait for its reply, keeping the events that arrive meanwhile."""
+        self._id += 1
+        msg = {"id": self._id, "method": method, "params": params or {}}
+        if session and self.session:
+            msg["sessionId"] = self.session
+        os.write(self._to_w, json.dumps(msg).encode() + b"\0")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            reply = self._read(deadline - time.monotonic())
+            if reply is None:
+                break
+            if reply.get("id") == self._id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply.get("result", {})
+            self.events.append(reply)
+        raise TimeoutError(f"no reply to {method} in {timeout} s")
+
+    def pump(self, seconds: float) -> None:
+        """Collect events for a while (the page's scripts run meanwhile)."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            msg = self._read(left)
+            if msg is not None:
+                self.events.append(msg)
+
+    def open(self, url: str) -> None:
+        target = self.send("Target.createTarget", {"url": "about:blank"}, session=False)["targetId"]
+        self.session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True},
+                                 session=False)["sessionId"]
+        for domain in ("Runtime", "Log", "Page"):
+            self.send(f"{domain}.enable")
+        self.send("Page.navigate", {"url": url})
+
+    def evaluate(self, expression: str):
+        res = self.send("Runtime.evaluate", {"expression": expression, "returnByValue": True})
+        if "exceptionDetails" in res:
+            raise RuntimeError(f"{expression}: {res['exceptionDetails']}")
+        return res["result"].get("value")
+
+    def errors(self) -> list[str]:
+        """Console messages of level error, uncaught exceptions and browser log errors."""
+        out = []
+        for ev in self.events:
+            method, p = ev.get("method"), ev.get("params", {})
+            if method == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
+                out.append("console.error: " + " ".join(str(a.get("value", a.get("description"))) for a in p["args"]))
+            elif method == "Runtime.exceptionThrown":
+                d = p["exceptionDetails"]
+                out.append("exception: " + d.get("exception", {}).get("description", d.get("text", "")))
+            elif method == "Log.entryAdded" and p["entry"]["level"] == "error":
+                out.append(f"log ({p['entry'].get('source')}): {p['entry']['text']}")
+        return out
+
+    def close(self) -> None:
+        try:
+            self.send("Browser.close", session=False, timeout=5)
+        except (RuntimeError, TimeoutError, OSError):
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self._to_w)
+        os.close(self._from_r)
+
+
+def render(report: Path, profile: Path, wait_s: float = 30) -> tuple[str, list[str]]:
+    """The text of the rendered report (the React app's DOM) and its console errors."""
+    chrome = DevTools(CHROMIUM, profile)
+    try:
+        chrome.open(report.resolve().as_uri())
+        deadline = time.monotonic() + wait_s
+        text = ""
+        while time.monotonic() < deadline:
+            chrome.pump(0.5)
+            text = chrome.evaluate("document.querySelector('#app') ? document.querySelector('#app').innerText : ''")
+            if text and chrome.evaluate("document.querySelectorAll('#app table').length") > 0:
+                break
+        chrome.pump(1.0)  # late errors
+        return text, chrome.errors()
+    finally:
+        chrome.close()
+
+
+def test_devtools_sees_console_errors(tmp_path):
+    """The harness itself: an error-level console message and an exception are caught, a log is not."""
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (CI installs it with .ci/setup-chromium.sh)")
+    page = tmp_path / "page.html"
+    page.write_text("<html><body><p id='app'><table><tr><td>42.5</td></tr></table></p><script>"
+                    "console.log('fine'); console.warn('careful'); console.error('broken');"
+                    "setTimeout(() => { null.x; }, 10);</script></body></html>")
+    text, errors = render(page, tmp_path / "profile", wait_s=3)
+    assert any("broken" in e for e in errors), errors
+    assert any("exception" in e for e in errors), errors
+    assert not any("fine" in e or "careful" in e for e in errors), errors
+
+
+@pytest.mark.slow
+def test_report_renders_summary_without_errors(demo_run, tmp_path):
+    """`snakemake --report` after the demo: one self-contained file whose rendered page shows the
+    summary table's numbers and logs no console error."""
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (CI installs it with .ci/setup-chromium.sh)")
+    report = demo_run / "report.html"
+    snakemake(demo_run, "--report", str(report), timeout=600)
+    html = report.read_text()
+    # self-contained: no resource is fetched from elsewhere (links in text may mention URLs)
+    assert not re.search(r"<(script|link|img|iframe)[^>]+(src|href)=\"https?://", html)
+    text, errors = render(report, tmp_path / "profile")
+    assert errors == [], errors
+
+    methods = pd.read_csv(demo_run / "results" / "demo" / "summary_methods.csv")
+    assert {"full", "popularity", "itemknn", "ease", "multivae"} <= set(methods["method"])
+    for _, row in methods.iterrows():
+        assert row["method"] in text
+        for metric in ("Recall@20", "Recall@40", "NDCG@100"):
+            assert f"{row[f'{metric}_mean']:.4f}" in text, (row["method"], metric)
+    for p in methods["wilcoxon_p"].dropna():
+        assert f"{p:.3g}" in text

@@ -1,0 +1,215 @@
+"""Training stages: resume, distributed evaluation, learning, loss checks, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import BIN, CI_CONFIG, CI_RUN, snakemake
+from llm4rec.checkpoint import Checkpoint, TrainingState, fingerprint
+from llm4rec.training import NonFiniteLossError, global_batches, local_share, pretrain_schedule
+
+
+def test_pretrain_schedule_follows_the_seed():
+    plan = pretrain_schedule({"content_epochs": 3, "collab_epochs": 100, "content_every": 50})
+    assert plan[:3] == [("content", False)] * 3
+    assert len(plan) == 3 + 100 + 2
+    assert plan[3 + 50] == ("content", True) and plan[-1] == ("content", True)
+    assert sum(k == "collab" for k, _ in plan) == 100
+
+
+def test_local_shares_cover_each_global_batch_once():
+    for n_proc in (1, 2, 3):
+        for batch in global_batches(37, 8):
+            parts = [local_share(batch, n_proc, r) for r in range(n_proc)]
+            real = np.concatenate([p for p, w in parts if w > 0])
+            assert np.array_equal(real, batch)
+            assert sum(w for _, w in parts) == pytest.approx(1.0)
+
+
+def test_checkpoint_keeps_last_and_best_and_checks_fingerprint(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    ckpt = Checkpoint(tmp_path / "stage.ckpt", "abc")
+    for epoch in range(3):
+        state = TrainingState(epoch=epoch, best_score=float(epoch), best_epoch=epoch)
+        ckpt.save(model, {"m": opt}, state, improved=epoch != 2)
+    assert sorted(p.name for p in ckpt.dir.iterdir()) == ["best", "last"]
+    fresh = torch.nn.Linear(3, 2)
+    fresh_opt = torch.optim.Adam(fresh.parameters(), lr=0.1)
+    state = Checkpoint(ckpt.dir, "abc").load(fresh, {"m": fresh_opt})
+    assert state.epoch == 2 and torch.equal(fresh.weight, model.weight)
+    assert fresh_opt.state_dict()["state"][0]["step"] == opt.state_dict()["state"][0]["step"]
+    assert Checkpoint(ckpt.dir, "other").load(fresh, {"m": fresh_opt}) is None
+    assert not ckpt.dir.exists()
+
+
+def test_fingerprint_changes_with_settings_version_and_inputs(tmp_path):
+    f = tmp_path / "in.txt"
+    f.write_text("a")
+    base = fingerprint({"lr": 1}, "1", [f])
+    assert fingerprint({"lr": 1}, "1", [f]) == base
+    assert fingerprint({"lr": 2}, "1", [f]) != base
+    assert fingerprint({"lr": 1}, "2", [f]) != base
+    f.write_text("b")
+    assert fingerprint({"lr": 1}, "1", [f]) != base
+
+
+def test_nonfinite_loss_names_stage_epoch_and_batch(tmp_path):
+    from llm4rec.collate import EdgeAwareCollator
+    from llm4rec.model import EdgeAwareRecModel, build_tiny_backbone
+    from llm4rec.prompts import build_collab_examples
+    from llm4rec.tokenization import train_bpe_tokenizer
+    from llm4rec.training import _epoch, make_accelerator
+
+    tok = train_bpe_tokenizer(["some text has interacted with"] * 20, tmp_path / "tok", vocab_size=300)
+    model = EdgeAwareRecModel(build_tiny_backbone(len(tok), 1, 16, 2, 64), 4, 6, edge_bias="none")
+    ex = build_collab_examples([np.array([0, 1]), np.array([2, 3, 4])] * 2, tok, model.entity_vocab, 64)
+    with torch.no_grad():
+        model.tables["collab_user"].weight[2] = float("nan")  # user 2 is in the second batch
+    acc = make_accelerator(0)
+    opt = torch.optim.Adam(model.side_parameters("collab"), lr=1e-3)
+    from llm4rec.training import _Steps
+
+    with pytest.raises(NonFiniteLossError, match=r"pretrain epoch 7 \(collab\), batch 1"):
+        _epoch(_Steps(model), acc, opt, ex, EdgeAwareCollator(model.entity_vocab, None, "none"), 2,
+               "collab", True, "pretrain epoch 7 (collab)")
+
+
+def popularity_recall_at_20(processed: Path) -> float:
+    """Item popularity on the same split, written out independently of the library."""
+    inter = pd.read_parquet(processed / "interactions.parquet")
+    train = inter[inter["split"] == "train"]
+    counts = train["iid"].value_counts()
+    n_items = int(inter["iid"].max()) + 1
+    pop = np.zeros(n_items)
+    pop[counts.index.to_numpy()] = counts.to_numpy()
+    order = sorted(range(n_items), key=lambda i: (-pop[i], i))
+    recalls = []
+    for uid, test in inter[inter["split"] == "test"].groupby("uid"):
+        seen = set(train.loc[train["uid"] == uid, "iid"])
+        top = [i for i in order if i not in seen][:20]
+        targets = set(test["iid"])
+        recalls.append(len(targets & set(top)) / min(20, len(targets)))
+    return float(np.mean(recalls))
+
+
+@pytest.mark.slow
+def test_demo_model_beats_popularity(demo_run):
+    metrics = json.loads((demo_run / "results/demo/full-s0/metrics.json").read_text())
+    pop = popularity_recall_at_20(demo_run / "results/demo/processed")
+    assert metrics["test"]["users"] > 300
+    assert metrics["test"]["Recall@20"] >= 1.1 * pop, (metrics["test"], pop)
+    history = pd.read_csv(demo_run / "results/demo/full-s0/finetune/history.csv")
+    assert metrics["epoch"] == int(history.loc[history["val_score"].idxmax(), "epoch"])
+    assert not (demo_run / "results/demo/full-s0/finetune.ckpt").exists()
+
+
+@pytest.mark.slow
+def test_cli_recommend(demo_run):
+    run = demo_run / "results/demo/full-s0"
+    ok = subprocess.run([str(BIN / "llm4rec"), "recommend", "--run", str(run), "--user", "3", "--top", "5"],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    lines = ok.stdout.strip().splitlines()
+    assert lines[0].startswith("top 5 items for user_3") and len(lines) == 6
+    recs = pd.read_parquet(run / "recommendations.parquet")
+    first = recs[(recs["uid"] == 3) & (recs["rank"] == 1)].iloc[0]
+    assert f"item_{int(first['iid'])}" in lines[1]
+    bad = subprocess.run([str(BIN / "llm4rec"), "recommend", "--run", str(run), "--user", "someone-new"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "no entity token" in bad.stderr
+
+
+def _start(work: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([str(BIN / "snakemake"), *args], cwd=work, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _kill_after_first_epoch(work: Path, proc: subprocess.Popen, stage: str) -> int:
+    state = work / CI_RUN / f"{stage}.ckpt" / "last" / "state.json"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if state.is_file():
+            epoch = json.loads(state.read_text())["state"]["epoch"]
+            if epoch >= 0:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return epoch
+        time.sleep(0.05)
+    raise AssertionError(f"{stage} never wrote a checkpoint: {proc.communicate()[0][-3000:]}")
+
+
+@pytest.mark.slow
+def test_resume_after_kill_equals_uninterrupted_run(ci_copy):
+    work = ci_copy
+    reference = json.loads((work / CI_RUN / "metrics.json").read_text())
+    target = f"{CI_RUN}/metrics.json"
+    proc = _start(work, target, "--cores", "1", *CI_CONFIG, "--forcerun", "finetune")
+    killed_at = _kill_after_first_epoch(work, proc, "finetune")
+    snakemake(work, "--unlock", *CI_CONFIG)
+    snakemake(work, target, "--cores", "1", *CI_CONFIG, "--rerun-incomplete")
+    log = (work / "logs/demo/full-s0/finetune.log").read_text()
+    assert f"resuming after epoch {killed_at}" in log
+    resumed = json.loads((work / target).read_text())
+    assert resumed == reference
+    assert not (work / CI_RUN / "finetune.ckpt").exists()
+
+
+@pytest.mark.slow
+def test_changed_setting_after_kill_starts_over(ci_copy):
+    work = ci_copy
+    target = f"{CI_RUN}/metrics.json"
+    proc = _start(work, target, "--cores", "1", *CI_CONFIG, "--forcerun", "finetune")
+    _kill_after_first_epoch(work, proc, "finetune")
+    snakemake(work, "--unlock", *CI_CONFIG)
+    (work / "changed.yaml").write_text("finetune: {epochs: 3, lr: 0.002, batch_size: 32, patience: 3}\n")
+    snakemake(work, target, "--cores", "1", *CI_CONFIG, "changed.yaml", "--rerun-incomplete")
+    log = (work / "logs/demo/full-s0/finetune.log").read_text()
+    assert "finetune: starting at epoch 0" in log and "resuming" not in log
+    history = pd.read_csv(work / CI_RUN / "finetune/history.csv")
+    assert history["epoch"].tolist() == [0, 1, 2]
+
+
+@pytest.mark.slow
+def test_two_cpu_processes(ci_copy):
+    """`accelerate launch --multi_gpu --num_processes 2` on CPU: evaluation equals one process."""
+    work = ci_copy
+    run = work / CI_RUN
+    one = json.loads((run / "metrics.json").read_text())
+    one_recs = pd.read_parquet(run / "recommendations.parquet")
+    (work / "two.yaml").write_text("launch: {num_processes: 2}\n")
+    two = ("two.yaml",)
+    # The process count is a param of the training rules: keep the trained checkpoint.
+    snakemake(work, f"{CI_RUN}/metrics.json", "--cores", "1", *CI_CONFIG, *two, "--forcerun", "evaluate",
+              "--rerun-triggers", "mtime")
+    log = (work / "logs/demo/full-s0/evaluate.log").read_text()
+    assert log.count("2 processes of type DistributedType.MULTI_CPU") == 2
+    assert json.loads((run / "metrics.json").read_text()) == one
+    recs = pd.read_parquet(run / "recommendations.parquet")
+    pd.testing.assert_frame_equal(recs, one_recs)
+    per_user = pd.read_parquet(run / "per_user.parquet")
+    inter = pd.read_parquet(work / "results/demo/processed/interactions.parquet")
+    test_users = np.sort(inter.loc[inter["split"] == "test", "uid"].unique())
+    assert per_user["uid"].is_unique and np.array_equal(per_user["uid"].to_numpy(), test_users)
+    assert recs.groupby("uid").size().nunique() == 1 and set(recs["uid"]) == set(test_users)
+
+    snakemake(work, f"{CI_RUN}/metrics.json", "--cores", "1", *CI_CONFIG, *two, "--forcerun", "finetune")
+    ft_log = (work / "logs/demo/full-s0/finetune.log").read_text()
+    assert ft_log.count("2 processes of type DistributedType.MULTI_CPU") == 2
+    two_proc = json.loads((run / "metrics.json").read_text())
+    print("1 process:", one["test"], "\n2 processes:", two_proc["test"])
+    assert two_proc["test"]["users"] == one["test"]["users"]
+    assert abs(two_proc["test"]["Recall@20"] - one["test"]["Recall@20"]) < 0.1
