@@ -87,6 +87,7 @@ JobCompType=jobcomp/none
 ReturnToService=2
 SlurmdParameters=config_overrides
 SchedulerParameters=sched_interval=1
+MinJobAge=3600
 MessageTimeout=30
 NodeName={name} NodeAddr=127.0.0.1 CPUs={max(real_cpus, cpus or 1)} RealMemory={max(real_mem, mem_mb or 1)} State=UNKNOWN
 PartitionName=ci Nodes={name} Default=YES MaxTime=INFINITE State=UP

@@ -9,12 +9,13 @@ so the test listens to `Runtime.consoleAPICalled`, `Runtime.exceptionThrown` and
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import select
 import shutil
-import subprocess
+import signal
 import time
 from pathlib import Path
 
@@ -35,12 +36,16 @@ class DevTools:
         args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
                 f"--user-data-dir={profile}", "--remote-debugging-pipe", "about:blank"]
-        # Chromium reads commands on fd 3 and writes replies and events on fd 4.
-        self.proc = subprocess.Popen(
-            ["sh", "-c", f'exec "$0" "$@" 3<&{to_r} 4>&{from_w} {to_r}<&- {from_w}>&-', binary, *args],
-            pass_fds=(to_r, from_w), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        os.close(to_r)
-        os.close(from_w)
+        # Chromium reads commands on fd 3 and writes replies and events on fd 4. The pipe ends
+        # move above 9 first, so that the two dup2 calls cannot overwrite each other; every other
+        # descriptor of ours is close-on-exec (Python's default) and stays behind.
+        hi_r, hi_w = (fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (to_r, from_w))
+        devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        self.pid = os.posix_spawn(binary, [binary, *args], dict(os.environ), file_actions=[
+            (os.POSIX_SPAWN_DUP2, hi_r, 3), (os.POSIX_SPAWN_DUP2, hi_w, 4),
+            (os.POSIX_SPAWN_DUP2, devnull, 1), (os.POSIX_SPAWN_DUP2, devnull, 2)])
+        for fd in (to_r, from_w, hi_r, hi_w, devnull):
+            os.close(fd)
         self._buf = b""
         self._id = 0
         self.events: list[dict] = []
@@ -119,11 +124,13 @@ class DevTools:
             self.send("Browser.close", session=False, timeout=5)
         except (RuntimeError, TimeoutError, OSError):
             pass
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        deadline = time.monotonic() + 10
+        while os.waitpid(self.pid, os.WNOHANG) == (0, 0):
+            if time.monotonic() > deadline:
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+                break
+            time.sleep(0.1)
         os.close(self._to_w)
         os.close(self._from_r)
 
@@ -182,3 +189,24 @@ def test_report_renders_summary_without_errors(demo_run, tmp_path):
             assert f"{row[f'{metric}_mean']:.4f}" in text, (row["method"], metric)
     for p in methods["wilcoxon_p"].dropna():
         assert f"{p:.3g}" in text
+
+
+@pytest.mark.slow
+def test_demo_baselines_and_summary(demo_run):
+    """The demo run's baselines: Multi-VAE's loss falls and it beats popularity; the summary has
+    one row per method and seed with a time."""
+    d = demo_run / "results" / "demo"
+    metrics = {n: json.loads((d / "baselines" / n / "metrics.json").read_text())
+               for n in ("popularity", "itemknn", "ease", "multivae-s0")}
+    for m in metrics.values():
+        assert set(m["test"]) == {"Recall@20", "Recall@40", "NDCG@100", "users"}
+    vae, pop = metrics["multivae-s0"]["test"], metrics["popularity"]["test"]
+    assert vae["Recall@20"] > pop["Recall@20"] and vae["NDCG@100"] > pop["NDCG@100"]
+    hist = pd.read_csv(d / "baselines" / "multivae-s0" / "history.csv")
+    assert hist["loss"].tail(5).mean() < 0.95 * hist["loss"].iloc[0]
+    assert metrics["multivae-s0"]["epoch"] == int(hist["selection"].idxmax())
+    summary = pd.read_csv(d / "summary.csv")
+    assert list(summary["method"]) == ["full", "popularity", "itemknn", "ease", "multivae"]
+    assert (summary["seconds"] > 0).all()
+    assert summary.loc[summary["method"] == "full", "Recall@20"].item() == pytest.approx(
+        json.loads((d / "full-s0" / "metrics.json").read_text())["test"]["Recall@20"])

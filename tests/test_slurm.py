@@ -32,17 +32,26 @@ NO_GPU = ["--set-resources", *(f"{rule}:gpu=0" for rule in sorted(GPU_RULES))]
 
 
 def job_blocks(text: str) -> dict[str, dict[str, str]]:
-    """Rule -> {'resources': ..., 'shell': ...} from a (dry) run's job descriptions."""
+    """Rule -> {'resources': {...}, 'threads': ..., 'shell': ...} from a (dry) run's job
+    descriptions (`threads` only where more than one)."""
     jobs, rule = {}, None
     for line in text.splitlines():
         if m := re.match(r"^(?:local)?rule (\w+):$", line):
             rule = m.group(1)
             jobs.setdefault(rule, {"resources": {}, "shell": ""})
+        elif rule and (m := re.match(r"^\s+threads: (\d+)$", line)):
+            jobs[rule]["threads"] = m.group(1)
         elif rule and (m := re.match(r"^\s+resources: (.*)$", line)):
             jobs[rule]["resources"] = dict(kv.split("=", 1) for kv in m.group(1).split(", "))
         elif rule and line.startswith("Shell command: "):
             jobs[rule]["shell"] = line.removeprefix("Shell command: ")
     return jobs
+
+
+def mem_mb(slurm_value: str) -> int:
+    """scontrol's memory (e.g. 16000M, 16G) in MB."""
+    units = {"M": 1, "G": 1024, "T": 1024 * 1024}
+    return round(float(slurm_value[:-1]) * units[slurm_value[-1]]) if slurm_value[-1] in units else int(slurm_value)
 
 
 def gpu_rules(jobs: dict[str, dict]) -> set[str]:
@@ -127,14 +136,30 @@ def test_slurm_run_matches_local_run(tmp_path: Path):
         with local_cluster(tmp_path / "cluster", cpus=2, mem_mb=32000) as env:
             proc = snakemake(remote, "--profile", "slurm", "--cores", "2", *TARGETS, *SLURM_TEST_FLAGS,
                              *NO_GPU, *CI, env=env, timeout=900)
+            log = proc.stdout + proc.stderr
+            submitted = dict(re.findall(r"submitted with SLURM jobid (\d+) \(log: \S*/slurm_logs/rule_(\w+)/", log))
+            # What SLURM itself recorded for each job (kept for an hour: MinJobAge).
+            slurm_jobs = {}
+            for jobid in submitted:
+                out = subprocess.run(["scontrol", "-o", "show", "job", jobid], capture_output=True, text=True,
+                                     check=True, env={**os.environ, **env}).stdout
+                slurm_jobs[jobid] = dict(kv.split("=", 1) for kv in out.split() if "=" in kv)
         local_run.result()
 
-    log = proc.stdout + proc.stderr
-    ran = set(job_blocks(log))
-    submitted = dict(re.findall(r"submitted with SLURM jobid (\d+) \(log: \S*/slurm_logs/rule_(\w+)/", log))
+    ran = job_blocks(log)
     submitted_rules = set(submitted.values())
     assert re.search(r"^localrule download:$", log, re.M), "download runs on the submit host"
-    assert submitted_rules == ran - {"download"}, (submitted_rules, ran)
+    assert submitted_rules == set(ran) - {"download"}, (submitted_rules, set(ran))
+    for jobid, rule in submitted.items():
+        job = slurm_jobs[jobid]
+        assert job["JobState"] == "COMPLETED", (rule, job)
+        assert "gpu" not in job.get("TRES", ""), (rule, job)
+        assert mem_mb(job["MinMemoryNode"]) == int(ran[rule]["resources"]["mem_mb"]), (rule, job)
+        # The threads Snakemake gives the rule are the CPUs SLURM gives the job.
+        assert int(job["NumCPUs"]) == int(ran[rule].get("threads", 1)), (rule, job)
+    for rule in GPU_RULES:  # training: 2 threads (--cores 2, as in the local run), one process
+        assert ran[rule]["threads"] == "2" and "--threads 2 " in ran[rule]["shell"], ran[rule]
+        assert re.search(r"launch\.sh\"? 0 1 ", ran[rule]["shell"]), ran[rule]["shell"]
     assert {"convert", "preprocess", "relation_matrix", "second_order", "tokenizer", "encode",
             *GPU_RULES} <= submitted_rules
     assert len(submitted) == len(submitted_rules)  # one SLURM job per rule, each with its own id

@@ -213,3 +213,59 @@ def test_two_cpu_processes(ci_copy):
     print("1 process:", one["test"], "\n2 processes:", two_proc["test"])
     assert two_proc["test"]["users"] == one["test"]["users"]
     assert abs(two_proc["test"]["Recall@20"] - one["test"]["Recall@20"]) < 0.1
+
+
+def test_micro_batches_cover_every_example_within_budget():
+    from llm4rec.training import micro_batches
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        lengths = rng.integers(1, 300, rng.integers(1, 80))
+        groups = micro_batches(lengths, 1000)
+        assert np.array_equal(np.sort(np.concatenate(groups)), np.arange(len(lengths)))
+        for g in groups:
+            assert len(g) == 1 or len(g) * lengths[g].max() <= 1000
+
+
+@pytest.mark.parametrize("step", ["content", "collab", "finetune"])
+def test_micro_batched_step_equals_one_batch(tmp_path, step, monkeypatch):
+    """Gradient accumulation over length-sorted micro-batches = the plain batch gradient."""
+    import llm4rec.training as training
+    from llm4rec.collate import EdgeAwareCollator
+    from llm4rec.model import EdgeAwareRecModel, build_tiny_backbone
+    from llm4rec.prompts import build_collab_examples, build_content_examples, build_finetune_examples
+    from llm4rec.tokenization import train_bpe_tokenizer
+
+    tok = train_bpe_tokenizer(["a short review", "a much longer review text " * 8] * 10, tmp_path / "t", 300)
+    torch.manual_seed(0)
+    model = EdgeAwareRecModel(build_tiny_backbone(len(tok), 1, 16, 2, 128), 6, 8, edge_bias="none")
+    model.backbone.config.resid_pdrop = model.backbone.config.embd_pdrop = 0.0
+    model.eval()  # no dropout: both paths see the same function
+    ev = model.entity_vocab
+    train = [np.arange(k % 5 + 1) for k in range(6)]
+    inter = pd.DataFrame({"uid": [0, 1, 2], "iid": [0, 1, 2], "split": ["train"] * 3,
+                          "review_text": ["a short review", "a much longer review text " * 8, "ok"]})
+    items = pd.DataFrame({"iid": np.arange(8), "title": [f"title {k}" for k in range(8)]})
+    examples = {"content": build_content_examples(items, inter, None, tok, ev, 128),
+                "collab": build_collab_examples(train, tok, ev, 128),
+                "finetune": build_finetune_examples(train, tok, ev, 128, seed=0, epoch=0)}[step]
+    batch = [examples[n] for n in range(min(6, len(examples)))]
+    collate = EdgeAwareCollator(ev, None, "none")
+    steps = training._Steps(model)
+
+    loss, reg = steps(collate(batch), step, True)
+    (loss + reg).backward()
+    full = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+
+    monkeypatch.setattr(training, "MICRO_BATCH_TOKENS", 1)  # one example per micro-batch
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    acc = training.make_accelerator(0)
+    lengths = np.array([len(x["input_ids"]) for x in batch])
+    assert len(training.micro_batches(lengths, 1)) == len(batch)
+    got_loss, got_reg = training._run_step(steps, acc, opt, batch, collate, step, True, 1.0, "test")
+    assert got_loss == pytest.approx(float(loss.detach()), rel=1e-5)
+    assert got_reg == pytest.approx(float(reg.detach()), rel=1e-5)
+    for n, p in model.named_parameters():
+        if n in full:
+            torch.testing.assert_close(p.grad, full[n], rtol=1e-4, atol=1e-6)

@@ -120,3 +120,20 @@ def test_local_source_skips_download_and_convert(tmp_path):
     assert len(rejects) == 1 and json.loads(rejects[0])["line"] == 4
     items = pd.read_parquet(work / "results/mine/processed/items.parquet")
     assert list(items["categories"].iloc[0]) in (["Root", "Sub0"], ["Root", "Sub1"], ["Root", "Sub2"])
+
+
+def test_too_many_rejects_fail_clearly_and_keep_the_rejects(tmp_path):
+    work = copy_checkout(tmp_path)
+    good = {"overall": 5.0, "reviewerID": "A", "asin": "B", "unixReviewTime": 1}
+    lines = [json.dumps(good)] * 50 + ["{broken"] * 5
+    with gzip.open(work / "bad_reviews.json.gz", "wt") as fh:
+        fh.write("\n".join(lines) + "\n")
+    with gzip.open(work / "meta.json.gz", "wt") as fh:
+        fh.write(json.dumps({"asin": "B", "title": "t"}) + "\n")
+    (work / "bad.yaml").write_text(json.dumps({"dataset": "bad", "datasets": {"bad": {
+        "source": "url", "reviews": (work / "bad_reviews.json.gz").as_uri(), "meta": (work / "meta.json.gz").as_uri()}}}))
+    proc = snakemake(work, "results/bad/interim/convert.json", "--cores", "1", "--configfile", "bad.yaml", check=False)
+    assert proc.returncode != 0
+    assert "rejects" in proc.stdout + proc.stderr
+    kept = [json.loads(line) for line in (work / "logs/bad/convert.rejects.jsonl").read_text().splitlines()]
+    assert [r["line"] for r in kept] == list(range(51, 56))

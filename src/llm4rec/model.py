@@ -79,6 +79,8 @@ def build_tiny_backbone(
         n_head=n_head,
         bos_token_id=0,
         eos_token_id=0,
+        # GPT-2's tanh GELU, as one fused kernel (the default "gelu_new" is composed of ops).
+        activation_function="gelu_pytorch_tanh",
     )
     check_backbone_supported(cfg, attn_implementation)
     model = AutoModelForCausalLM.from_config(cfg, attn_implementation=attn_implementation)

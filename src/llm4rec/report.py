@@ -418,4 +418,4 @@ def provenance_html(config_text: str, commit: str, packages: Mapping[str, str],
     return (head[0] + "<body><h3>git commit</h3><p><code>" + html.escape(commit) + "</code></p>"
             + head[1].rsplit("</body>", 1)[0]
             + table_html(files, "raw input files").split("<body>", 1)[1].rsplit("</body>", 1)[0]
-            + "<h3>configuration (merged, as run)</h3><pre>" + html.escape(config_text) + "</pre></body></html>\n")
+            + "<h3>configuration (merged, as run; JSON)</h3><pre>" + html.escape(config_text) + "</pre></body></html>\n")

@@ -10,6 +10,7 @@ metrics, do not depend on the number of processes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -190,17 +191,57 @@ def local_share(batch: np.ndarray, n_proc: int, rank: int) -> tuple[np.ndarray, 
     return part, len(part) / len(batch)
 
 
-def _run_step(steps: nn.Module, acc, optimizer, batch: dict, step: str, regularize: bool,
-              weight: float, where: str) -> tuple[float, float]:
-    loss, reg = steps(batch, step, regularize)
-    if not (torch.isfinite(loss) and torch.isfinite(reg)):
-        raise NonFiniteLossError(f"non-finite loss at {where} (loss={loss.item()}, reg={reg.item()})")
-    # Averaged over processes this is the global-batch mean loss plus the summed regularizer.
-    objective = (loss * weight + reg * (weight > 0)) * acc.num_processes
+MICRO_BATCH_TOKENS = 4096
+
+
+def micro_batches(lengths: np.ndarray, max_tokens: int = MICRO_BATCH_TOKENS) -> list[np.ndarray]:
+    """Split examples (by their positions) into length-sorted groups of at most `max_tokens`
+    padded tokens, so that short examples are not padded to the batch's longest."""
+    order = np.argsort(lengths, kind="stable")
+    groups, start = [], 0
+    for k in range(1, len(order)):
+        if (k + 1 - start) * lengths[order[k]] > max_tokens:
+            groups.append(order[start:k])
+            start = k
+    groups.append(order[start:])
+    return groups
+
+
+def _n_targets(batch: dict, step: str) -> int:
+    """What the step's mean loss averages over: target tokens, or examples when fine-tuning."""
+    if step == "finetune":
+        return int(batch["input_ids"].shape[0])
+    return int((batch["labels"][:, 1:] != -100).sum())
+
+
+def _run_step(steps: nn.Module, acc, optimizer, examples: list[dict], collate: EdgeAwareCollator, step: str,
+              regularize: bool, weight: float, where: str) -> tuple[float, float]:
+    """One optimizer step over this process's share of a global batch.
+
+    The share runs as length-sorted micro-batches whose gradients accumulate; each
+    micro-batch's mean loss is weighted by its share of the targets, so the sum is the
+    share's mean loss (up to floating-point order) and the regularizer stays a sum.
+    """
+    lengths = np.array([len(x["input_ids"]) for x in examples])
+    batches = [collate([examples[int(n)] for n in g]) for g in micro_batches(lengths, MICRO_BATCH_TOKENS)]
+    counts = np.array([_n_targets(b, step) for b in batches], dtype=np.float64)
+    total = counts.sum()
     optimizer.zero_grad(set_to_none=True)
-    acc.backward(objective)
+    loss_sum, reg_sum = 0.0, 0.0
+    for k, batch in enumerate(batches):
+        share = counts[k] / total if total > 0 else 0.0
+        sync = acc.no_sync(steps) if k < len(batches) - 1 else contextlib.nullcontext()
+        with sync:
+            loss, reg = steps(batch, step, regularize)
+            if not (torch.isfinite(loss) and torch.isfinite(reg)):
+                raise NonFiniteLossError(f"non-finite loss at {where} (loss={loss.item()}, reg={reg.item()})")
+            # Averaged over processes: the global batch's mean loss plus its summed regularizer.
+            objective = (loss * share * weight + reg * (weight > 0)) * acc.num_processes
+            acc.backward(objective)
+        loss_sum += float(loss.detach()) * share
+        reg_sum += float(reg.detach())
     optimizer.step()
-    return float(loss.detach()), float(reg.detach())
+    return loss_sum, reg_sum
 
 
 def _epoch(steps, acc, optimizer, examples: Examples, collate: EdgeAwareCollator, batch_size: int,
@@ -211,8 +252,8 @@ def _epoch(steps, acc, optimizer, examples: Examples, collate: EdgeAwareCollator
     bar = tqdm(batches, desc=label, disable=not acc.is_local_main_process, mininterval=2.0, leave=False)
     for b, gb in enumerate(bar):
         part, weight = local_share(gb, acc.num_processes, acc.process_index)
-        batch = collate([examples[int(n)] for n in part])
-        loss, reg = _run_step(steps, acc, optimizer, batch, step, regularize, weight, f"{label}, batch {b}")
+        loss, reg = _run_step(steps, acc, optimizer, [examples[int(n)] for n in part], collate, step,
+                              regularize, weight, f"{label}, batch {b}")
         losses.append(loss)
         regs.append(reg)
         sizes.append(len(gb))
@@ -233,13 +274,22 @@ class Scorer:
         self.examples = build_eval_examples(data.train_items, tokenizer, model.entity_vocab, max_len)
         self.collate = EdgeAwareCollator(model.entity_vocab, index, model.edge_bias, pad_token_id(tokenizer))
         self.batch_size = batch_size
+        self.max_tokens = max(MICRO_BATCH_TOKENS, int(self.examples.lengths().max()))
 
     @torch.no_grad()
     def __call__(self, uids: np.ndarray) -> torch.Tensor:
+        """Scores `[len(uids), n_items]`, computed in length-sorted micro-batches (each
+        user's scores depend only on its own prompt, not on its batch-mates' lengths)."""
         was_training = self.model.training
         self.model.eval()
-        batch = self.collate([self.examples[int(u)] for u in uids])
-        scores = self.model.score(batch).float()
+        examples = [self.examples[int(u)] for u in uids]
+        lengths = np.array([len(x["input_ids"]) for x in examples])
+        scores = None
+        for group in micro_batches(lengths, self.max_tokens):
+            part = self.model.score(self.collate([examples[int(n)] for n in group])).float()
+            if scores is None:
+                scores = part.new_empty((len(uids), part.shape[1]))
+            scores[torch.from_numpy(group).to(part.device)] = part
         self.model.train(was_training)
         return scores
 

@@ -1,29 +1,7 @@
 """Baselines on the same split and metrics, fitted on train only (SPEC section 7)."""
 
-BASELINE_SETTINGS = config["baselines"]
-DETERMINISTIC_BASELINES = ["popularity", "itemknn", "ease"]
 
-
-def baseline_settings(wildcards):
-    """The baseline's config block plus the evaluation settings (a rerun trigger)."""
-    name = wildcards.get("name", "multivae")
-    return json.dumps({"settings": BASELINE_SETTINGS.get(name, {}), "top_k": config["evaluate"]["top_k"],
-                       "batch_size": config["evaluate"]["batch_size"]}, sort_keys=True)
-
-
-def baseline_runs(dataset):
-    """Run folders of the configured baselines: `baselines/{name}`, `baselines/multivae-s{seed}`."""
-    runs = []
-    for name in BASELINE_SETTINGS["run"]:
-        if name == "multivae":
-            runs += [f"results/{dataset}/baselines/multivae-s{seed}" for seed in config["seeds"]]
-        else:
-            runs.append(f"results/{dataset}/baselines/{name}")
-    return runs
-
-
-def baseline_targets(dataset):
-    return [f"{run}/metrics.json" for run in baseline_runs(dataset)]
+include: "baselines_common.smk"
 
 
 rule baseline:

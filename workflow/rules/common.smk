@@ -88,15 +88,12 @@ def tokenizer_input(wildcards):
     return f"results/{wildcards.dataset}/tokenizer" if config["model"]["backbone"] == "tiny" else []
 
 
-def training_processes(gpus):
-    """Processes of a training or evaluation job: one per GPU it gets (its `gpu` resource);
-    without GPUs `launch.num_processes` CPU processes (1 unless testing)."""
-    gpus = int(gpus or 0)
-    return gpus if gpus > 0 else config["launch"]["num_processes"]
-
-
 def launch(script):
-    """`accelerate launch` with the job's process count (workflow/scripts/launch.sh).
+    """`accelerate launch` with one process per GPU of the job (workflow/scripts/launch.sh).
+
+    launch.sh gets the job's `gpu` resource as the scheduler sees it (so a profile's or the
+    command line's `--set-resources pretrain:gpu=4` changes both the request and the process
+    count) and `launch.num_processes`, the process count of a job without GPUs.
 
     The scripts' folder comes from $LLM4REC_SCRIPTS (set in the Snakefile), so the shell
     command holds no absolute path and moving the checkout does not count as a code change.

@@ -1,76 +1,5 @@
 """Summary over methods and seeds, figures and provenance for `snakemake --report` (issue 6)."""
 
-REPORT = config.get("report", {})
-REPORT_DIR = "results/{dataset}/report"
-
-
-def reference_variant():
-    """The method every other is tested against: `full`, else the first variant run."""
-    ref = REPORT.get("reference", "full")
-    return ref if ref in config["run_variants"] else config["run_variants"][0]
-
-
-def variant_runs(dataset):
-    return [(v, s, f"results/{dataset}/{v}-s{s}") for v in config["run_variants"] for s in config["seeds"]]
-
-
-def run_records(wildcards):
-    """Method, kind, seed, run folder and benchmark files of every run the summary covers."""
-    d = wildcards.dataset
-    recs = [{"method": v, "kind": "variant", "seed": s, "run_dir": run,
-             "benchmarks": [f"benchmarks/{d}/{v}-s{s}/{stage}.tsv" for stage in ("pretrain", "finetune", "evaluate")]}
-            for v, s, run in variant_runs(d)]
-    for run in baseline_runs(d):
-        name = run.rsplit("/", 1)[1]
-        method, _, seed = name.partition("-s")
-        recs.append({"method": method, "kind": "baseline", "seed": int(seed) if seed else None, "run_dir": run,
-                     "benchmarks": [f"benchmarks/{d}/baselines/{name}.tsv"]})
-    return json.dumps(recs)
-
-
-def summary_inputs(wildcards):
-    runs = [run for _, _, run in variant_runs(wildcards.dataset)] + baseline_runs(wildcards.dataset)
-    return [f"{run}/{f}" for run in runs for f in ("metrics.json", "per_user.parquet")]
-
-
-def curve_inputs(wildcards):
-    """Per-epoch histories of one method over seeds (inside the training stage folders)."""
-    d, m = wildcards.dataset, wildcards.method
-    if m == "multivae":
-        return [f"results/{d}/baselines/multivae-s{s}/history.csv" for s in config["seeds"]]
-    return [f"results/{d}/{m}-s{s}/{stage}" for s in config["seeds"] for stage in ("pretrain", "finetune")]
-
-
-def curve_methods():
-    methods = list(config["run_variants"])
-    return methods + (["multivae"] if "multivae" in BASELINE_SETTINGS["run"] else [])
-
-
-def raw_files(wildcards):
-    """The raw inputs whose checksums the provenance lists."""
-    spec = DATASETS[wildcards.dataset]
-    if spec["source"] == "local":
-        return {"reviews": spec["reviews"], "items": spec["items"]}
-    return {k: f"resources/raw/{wildcards.dataset}/{k}.json.gz" for k in ("reviews", "meta")}
-
-
-def git_commit():
-    from llm4rec.report import git_commit as _commit
-
-    return _commit(workflow.basedir)
-
-
-def report_targets(dataset):
-    r = f"results/{dataset}/report"
-    return [
-        f"results/{dataset}/summary.csv",
-        f"{r}/dataset.html",
-        f"{r}/methods.svg",
-        f"{r}/relation_bias.svg",
-        f"{r}/provenance.html",
-        *(f"{r}/curves/{m}.svg" for m in curve_methods()),
-    ]
-
 
 wildcard_constraints:
     method="|".join(re.escape(m) for m in [*VARIANTS, "multivae"]),
@@ -88,9 +17,9 @@ rule summary:
         ),
         methods="results/{dataset}/summary_methods.csv",
         wilcoxon="results/{dataset}/wilcoxon.csv",
-        display=REPORT_DIR + "/summary_table.csv",
+        display="results/{dataset}/report/summary_table.csv",
         html=report(
-            REPORT_DIR + "/summary.html",
+            "results/{dataset}/report/summary.html",
             category="2. Results",
             labels={"table": "methods: mean ± std, time, p-value"},
             caption="../report/summary.rst",
@@ -119,7 +48,7 @@ rule report_dataset:
         graph="results/{dataset}/graph/stats.json",
     output:
         report(
-            REPORT_DIR + "/dataset.html",
+            "results/{dataset}/report/dataset.html",
             category="1. Data",
             labels={"figure": "dataset statistics"},
             caption="../report/dataset.rst",
@@ -148,7 +77,7 @@ rule report_bias:
         pretrained=lambda wc: f"results/{wc.dataset}/{config['run_variants'][0]}-s{config['seeds'][0]}/pretrain",
     output:
         report(
-            REPORT_DIR + "/relation_bias.svg",
+            "results/{dataset}/report/relation_bias.svg",
             category="1. Data",
             labels={"figure": "relation bias of a second-order prompt"},
             caption="../report/relation_bias.rst",
@@ -174,8 +103,8 @@ rule report_curves:
         curve_inputs,
     output:
         report(
-            REPORT_DIR + "/curves/{method}.svg",
-            category="4. Training curves",
+            "results/{dataset}/report/curves/{method}.svg",
+            category="3. Training curves",
             subcategory="{method}",
             labels={"method": "{method}", "file": "curves"},
             caption="../report/curves.rst",
@@ -202,7 +131,7 @@ rule report_methods:
         methods="results/{dataset}/summary_methods.csv",
     output:
         report(
-            REPORT_DIR + "/methods.svg",
+            "results/{dataset}/report/methods.svg",
             category="2. Results",
             labels={"table": "bar chart (mean ± std over seeds)"},
             caption="../report/methods.rst",
@@ -227,8 +156,8 @@ rule report_provenance:
         unpack(raw_files),
     output:
         report(
-            REPORT_DIR + "/provenance.html",
-            category="5. Provenance",
+            "results/{dataset}/report/provenance.html",
+            category="4. Provenance",
             labels={"file": "config, commit, packages, checksums"},
             caption="../report/provenance.rst",
         ),
