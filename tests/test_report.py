@@ -135,9 +135,26 @@ class DevTools:
         os.close(self._from_r)
 
 
-def render(report: Path, profile: Path, wait_s: float = 30) -> tuple[str, list[str]]:
-    """The text of the rendered report (the React app's DOM) and its console errors."""
+VISIT_RESULT = """(p => {
+    const mime = results[p].mime_type;
+    const content = mime.startsWith("image/") ? "img" : (mime === "text/html" ? "html" : null);
+    app.showResultInfo(p);
+    if (content) app.setView({content: content, contentPath: results[p].data_uri, resultPath: p});
+    return content;
+})(%s)"""
+
+SHOWN = """(() => {
+    const img = document.querySelector('#app img[src^="data:"]');
+    const frame = document.querySelector('#app iframe');
+    return img ? img.complete && img.naturalWidth > 0 : !!frame;
+})()"""
+
+
+def render(report: Path, profile: Path, wait_s: float = 30, visit: bool = False) -> tuple[str, list[str], dict]:
+    """The text of the rendered report (the React app's DOM), its console errors and, with
+    ``visit``, for each result shown as image or page whether it displayed (its caption too)."""
     chrome = DevTools(CHROMIUM, profile)
+    shown: dict[str, bool] = {}
     try:
         chrome.open(report.resolve().as_uri())
         deadline = time.monotonic() + wait_s
@@ -147,8 +164,13 @@ def render(report: Path, profile: Path, wait_s: float = 30) -> tuple[str, list[s
             text = chrome.evaluate("document.querySelector('#app') ? document.querySelector('#app').innerText : ''")
             if text and chrome.evaluate("document.querySelectorAll('#app table').length") > 0:
                 break
+        if visit:
+            for path in chrome.evaluate("Object.keys(results)"):
+                if chrome.evaluate(VISIT_RESULT % json.dumps(path)) is not None:
+                    chrome.pump(0.5)
+                    shown[path] = bool(chrome.evaluate(SHOWN))
         chrome.pump(1.0)  # late errors
-        return text, chrome.errors()
+        return text, chrome.errors(), shown
     finally:
         chrome.close()
 
@@ -161,7 +183,7 @@ def test_devtools_sees_console_errors(tmp_path):
     page.write_text("<html><body><p id='app'><table><tr><td>42.5</td></tr></table></p><script>"
                     "console.log('fine'); console.warn('careful'); console.error('broken');"
                     "setTimeout(() => { null.x; }, 10);</script></body></html>")
-    text, errors = render(page, tmp_path / "profile", wait_s=3)
+    text, errors, _ = render(page, tmp_path / "profile", wait_s=3)
     assert any("broken" in e for e in errors), errors
     assert any("exception" in e for e in errors), errors
     assert not any("fine" in e or "careful" in e for e in errors), errors
@@ -178,8 +200,11 @@ def test_report_renders_summary_without_errors(demo_run, tmp_path):
     html = report.read_text()
     # self-contained: no resource is fetched from elsewhere (links in text may mention URLs)
     assert not re.search(r"<(script|link|img|iframe)[^>]+(src|href)=\"https?://", html)
-    text, errors = render(report, tmp_path / "profile")
+    text, errors, shown = render(report, tmp_path / "profile", visit=True)
     assert errors == [], errors
+    # every figure and page of the report displays (the heatmap, curves, bar chart, tables)
+    assert any(p.endswith("relation_bias.svg") for p in shown) and any(p.endswith("summary.html") for p in shown)
+    assert all(shown.values()), shown
 
     methods = pd.read_csv(demo_run / "results" / "demo" / "summary_methods.csv")
     assert {"full", "popularity", "itemknn", "ease", "multivae"} <= set(methods["method"])

@@ -15,10 +15,8 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -356,6 +354,14 @@ def _subset(ex: Examples, rows: np.ndarray) -> Examples:
     )
 
 
+def _setup(paths: StagePaths, settings: dict, threads: int | None):
+    """What every stage starts from: accelerator, data, relation index, tokenizer."""
+    m = settings["model"]
+    acc = make_accelerator(settings["seed"], threads)
+    return (acc, load_data(paths.processed), load_index(m, paths.graph),
+            load_tokenizer(tokenizer_source(m, paths.tokenizer)))
+
+
 def pretrain_schedule(p: dict) -> list[tuple[str, bool]]:
     """(kind, regularize) per pre-training epoch: content first, then collaborative epochs
     with a content epoch after every `content_every`-th (SPEC section 6)."""
@@ -370,10 +376,7 @@ def pretrain_schedule(p: dict) -> list[tuple[str, bool]]:
 def pretrain(paths: StagePaths, settings: dict, fingerprint: str, threads: int | None = None) -> None:
     """Content + collaborative pre-training; writes the last epoch's model and history."""
     seed, m, p = settings["seed"], settings["model"], settings["pretrain"]
-    acc = make_accelerator(seed, threads)
-    data = load_data(paths.processed)
-    index = load_index(m, paths.graph)
-    tokenizer = load_tokenizer(tokenizer_source(m, paths.tokenizer))
+    acc, data, index, tokenizer = _setup(paths, settings, threads)
     model = build_model(m, tokenizer, data, index, seed)
     max_len = max_length(model, m)
     ev = model.entity_vocab
@@ -418,10 +421,7 @@ def pretrain(paths: StagePaths, settings: dict, fingerprint: str, threads: int |
 def finetune(paths: StagePaths, settings: dict, fingerprint: str, threads: int | None = None) -> None:
     """Recommendation fine-tuning with validation, early stopping and resumable state."""
     seed, m, f = settings["seed"], settings["model"], settings["finetune"]
-    acc = make_accelerator(seed, threads)
-    data = load_data(paths.processed)
-    index = load_index(m, paths.graph)
-    tokenizer = load_tokenizer(tokenizer_source(m, paths.tokenizer))
+    acc, data, index, tokenizer = _setup(paths, settings, threads)
     model = EdgeAwareRecModel.load(paths.pretrained, attn_implementation=m["attn_implementation"])
     # Content tables are regularization targets only (SPEC section 6).
     for side_table in ("content_user", "content_item"):
@@ -473,11 +473,8 @@ def finetune(paths: StagePaths, settings: dict, fingerprint: str, threads: int |
 def evaluate(paths: StagePaths, settings: dict, metrics_path: Path, recommendations_path: Path,
              per_user_path: Path | None = None, threads: int | None = None) -> dict:
     """Test metrics of the best fine-tuned weights; top-K lists with scores per user."""
-    seed, m, e = settings["seed"], settings["model"], settings["evaluate"]
-    acc = make_accelerator(seed, threads)
-    data = load_data(paths.processed)
-    index = load_index(m, paths.graph)
-    tokenizer = load_tokenizer(tokenizer_source(m, paths.tokenizer))
+    m, e = settings["model"], settings["evaluate"]
+    acc, data, index, tokenizer = _setup(paths, settings, threads)
     model = EdgeAwareRecModel.load(paths.finetuned, attn_implementation=m["attn_implementation"]).to(acc.device)
     scorer = Scorer(model, tokenizer, data, index, max_length(model, m), e["batch_size"])
     res = evaluate_split(scorer, data, "test", acc, top_n=e["top_k"])
