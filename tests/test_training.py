@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -132,6 +133,14 @@ def test_cli_recommend(demo_run):
     assert bad.returncode == 2 and "no entity token" in bad.stderr
 
 
+def _without_finetune_outputs(work: Path) -> None:
+    """As before a first run: fine-tuning and evaluation outputs do not exist yet."""
+    run = work / CI_RUN
+    shutil.rmtree(run / "finetune")
+    for name in ("metrics.json", "recommendations.parquet", "per_user.parquet"):
+        (run / name).unlink()
+
+
 def _start(work: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen([str(BIN / "snakemake"), *args], cwd=work, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -146,7 +155,7 @@ def _kill_after_first_epoch(work: Path, proc: subprocess.Popen, stage: str) -> i
             if epoch >= 0:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-                return epoch
+                return json.loads(state.read_text())["state"]["epoch"]  # the state as killed
         time.sleep(0.05)
     raise AssertionError(f"{stage} never wrote a checkpoint: {proc.communicate()[0][-3000:]}")
 
@@ -156,7 +165,8 @@ def test_resume_after_kill_equals_uninterrupted_run(ci_copy):
     work = ci_copy
     reference = json.loads((work / CI_RUN / "metrics.json").read_text())
     target = f"{CI_RUN}/metrics.json"
-    proc = _start(work, target, "--cores", "1", *CI_CONFIG, "--forcerun", "finetune")
+    _without_finetune_outputs(work)
+    proc = _start(work, target, "--cores", "1", *CI_CONFIG)
     killed_at = _kill_after_first_epoch(work, proc, "finetune")
     snakemake(work, "--unlock", *CI_CONFIG)
     snakemake(work, target, "--cores", "1", *CI_CONFIG, "--rerun-incomplete")
@@ -171,7 +181,8 @@ def test_resume_after_kill_equals_uninterrupted_run(ci_copy):
 def test_changed_setting_after_kill_starts_over(ci_copy):
     work = ci_copy
     target = f"{CI_RUN}/metrics.json"
-    proc = _start(work, target, "--cores", "1", *CI_CONFIG, "--forcerun", "finetune")
+    _without_finetune_outputs(work)
+    proc = _start(work, target, "--cores", "1", *CI_CONFIG)
     _kill_after_first_epoch(work, proc, "finetune")
     snakemake(work, "--unlock", *CI_CONFIG)
     (work / "changed.yaml").write_text("finetune: {epochs: 3, lr: 0.002, batch_size: 32, patience: 3}\n")
