@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from llm4rec.baselines import EASE, ItemKNN, Popularity, fit_ease_grid, train_multivae
+from llm4rec.baselines import ItemKNN, Popularity, fit_ease_grid, train_multivae
 from llm4rec.metrics import RankingEvaluator, split_matrices
 
 __all__ = ["BASELINES", "BaselineRun", "load_splits", "run_baseline", "write_baseline_run"]
