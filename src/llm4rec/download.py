@@ -2,17 +2,30 @@
 
 Hosts of the Amazon data have moved before, so every URL comes from a template that config can
 override. Transfers stream to ``<dest>.part`` (kept after a failure so the next run resumes with
-an HTTP Range request) and are renamed to ``dest`` only once size and checksum are verified, so
-an interrupted run never leaves a half file under the final name.
+an HTTP Range request) and are renamed to ``dest`` only once size, checksum and content are
+verified, so an interrupted run never leaves a half file under the final name.
+
+Beside the ``.part`` lies ``<dest>.part.json``, the URL and the validators (``ETag``,
+``Last-Modified``) of the response it came from: a resume sends ``If-Range`` and starts over when
+the URL or the validator differs, so bytes of two files are never spliced. A body is complete
+only when the transport says so (``Content-Length``/``Content-Range`` reached, or the chunked
+terminator read); one that merely stops (close-delimited) is resumed like a cut transfer.
+
+A file that cannot be fetched can be placed by hand at :func:`by_hand_path` (not at ``dest``:
+Snakemake deletes a job's existing outputs before running it); it is then used instead.
 """
 
 from __future__ import annotations
 
+import ast
+import gzip
 import hashlib
+import json
 import logging
 import os
 import sys
 import time
+import zlib
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 from urllib.request import url2pathname
@@ -94,29 +107,105 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def by_hand_path(dest: Path) -> Path:
+    """Where a file fetched by hand goes: ``by_hand/`` beside ``dest``, never ``dest`` itself,
+    which Snakemake deletes before it runs the download job."""
+    dest = Path(dest)
+    return dest.parent / "by_hand" / dest.name
+
+
 def _by_hand(url: str, dest: Path, why: str) -> DownloadError:
     return DownloadError(
-        f"cannot reach {url} ({why}); download it by hand and place it at {dest.resolve()}"
+        f"cannot reach {url} ({why}); download it by hand and place it at "
+        f"{by_hand_path(dest).resolve()}"
     )
 
 
-def _verify(part: Path, dest: Path, url: str, sha256: str | None, size: int | None) -> dict:
-    """Check the finished ``.part`` file and rename it; a bad file is deleted, never kept."""
-    actual_size = part.stat().st_size
+class _Invalid(ValueError):
+    """A finished file that is not what was asked for (size, checksum or truncated content)."""
+
+
+def _check_gzip(path: Path) -> None:
+    """Decompress to the end, streaming: the gzip trailer (CRC, length) proves completeness."""
+    try:
+        with gzip.open(path, "rb") as fh:
+            while fh.read(CHUNK_BYTES):
+                pass
+    except (EOFError, OSError, zlib.error) as exc:
+        raise _Invalid(f"not a complete gzip file ({exc})") from None
+
+
+def _last_line(path: Path) -> bytes | None:
+    """The last non-blank line, or None when the file does not end with a newline."""
+    with open(path, "rb") as fh:
+        end = fh.seek(0, os.SEEK_END)
+        if end == 0:
+            return None
+        fh.seek(end - 1)
+        if fh.read(1) != b"\n":
+            return None
+        tail, pos = b"", end
+        while pos > 0:
+            step = min(CHUNK_BYTES, pos)
+            pos -= step
+            fh.seek(pos)
+            tail = fh.read(step) + tail
+            text = tail.rstrip()
+            if b"\n" in text:
+                return text.rsplit(b"\n", 1)[1]
+        return tail.strip()
+
+
+def _check_json_lines(path: Path) -> None:
+    """The file ends with a newline after a whole record, which a cut body almost never does."""
+    line = _last_line(path)
+    if line is None:
+        raise _Invalid("JSON-lines file does not end with a newline (cut mid-record?)")
+    text = line.decode("utf-8", errors="replace")
+    try:
+        record = json.loads(text)
+    except (ValueError, RecursionError):
+        try:  # amazon2014 meta lines are Python literals
+            record = ast.literal_eval(text)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            record = None
+    if not isinstance(record, dict):
+        raise _Invalid(f"the last line of the JSON-lines file is not a whole record: {text[:80]!r}")
+
+
+def _check_content(path: Path, name: str) -> None:
+    """Gzip (by content, as convert reads it) must decompress; plain JSON lines must end whole."""
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    if magic == b"\x1f\x8b":
+        _check_gzip(path)
+    elif ".json" in name:
+        _check_json_lines(path)
+
+
+def _check(path: Path, name: str, sha256: str | None, size: int | None) -> tuple[str, int]:
+    """(sha256, size) of a finished file; raises ``_Invalid`` when it is not the file wanted."""
+    actual_size = path.stat().st_size
     if size is not None and actual_size != int(size):
-        part.unlink()
-        raise DownloadError(
-            f"{url}: size mismatch, expected {int(size)} bytes, got {actual_size}; "
-            f"the partial file was removed, no file was written to {dest.resolve()}"
-        )
-    actual_sha = sha256_file(part)
+        raise _Invalid(f"size mismatch, expected {int(size)} bytes, got {actual_size}")
+    actual_sha = sha256_file(path)
     if sha256 is not None and actual_sha.lower() != sha256.strip().lower():
-        part.unlink()
+        raise _Invalid(f"sha256 mismatch, expected {sha256.strip().lower()}, got {actual_sha}")
+    _check_content(path, name)
+    return actual_sha, actual_size
+
+
+def _finish(tmp: Path, dest: Path, url: str, sha256: str | None, size: int | None) -> dict:
+    """Check the finished download and rename it; a bad file is deleted, never kept."""
+    try:
+        actual_sha, actual_size = _check(tmp, dest.name, sha256, size)
+    except _Invalid as exc:
+        _discard(tmp)
         raise DownloadError(
-            f"{url}: sha256 mismatch, expected {sha256.strip().lower()}, got {actual_sha}; "
-            f"the file was removed, no file was written to {dest.resolve()}"
-        )
-    os.replace(part, dest)
+            f"{url}: {exc}; the file was removed, no file was written to {dest.resolve()}"
+        ) from None
+    os.replace(tmp, dest)
+    _sidecar(tmp).unlink(missing_ok=True)
     return {"url": url, "sha256": actual_sha, "size": actual_size}
 
 
@@ -133,17 +222,33 @@ def _progress(total: int | None, initial: int, name: str, enabled: bool) -> tqdm
     )
 
 
-def _copy_file_url(url: str, part: Path, dest: Path, progress: bool) -> None:
-    src = Path(url2pathname(unquote(urlparse(url).path)))
-    if not src.is_file():
-        raise _by_hand(url, dest, f"no such file {src}")
-    with open(src, "rb") as fin, open(part, "wb") as fout:
-        with _progress(src.stat().st_size, 0, dest.name, progress) as bar:
+def _copy(src: Path, tmp: Path, name: str, progress: bool) -> None:
+    with open(src, "rb") as fin, open(tmp, "wb") as fout:
+        with _progress(src.stat().st_size, 0, name, progress) as bar:
             for block in iter(lambda: fin.read(CHUNK_BYTES), b""):
                 fout.write(block)
                 bar.update(len(block))
         fout.flush()
         os.fsync(fout.fileno())
+
+
+def _use_by_hand(
+    hand: Path, dest: Path, url: str, sha256: str | None, size: int | None, progress: bool
+) -> dict:
+    """Copy a hand-placed file to ``dest`` once verified; the original is left where it is."""
+    log.info("%s: using the file placed by hand at %s", url, hand.resolve())
+    tmp = dest.with_name(dest.name + ".tmp")
+    _copy(hand, tmp, dest.name, progress)
+    try:
+        actual_sha, actual_size = _check(tmp, dest.name, sha256, size)
+    except _Invalid as exc:
+        tmp.unlink(missing_ok=True)
+        raise DownloadError(
+            f"the file placed by hand at {hand.resolve()} (for {url}): {exc}; it was left "
+            f"there, no file was written to {dest.resolve()}"
+        ) from None
+    os.replace(tmp, dest)
+    return {"url": url, "sha256": actual_sha, "size": actual_size, "by_hand": str(hand.resolve())}
 
 
 def _is_unreachable(exc: requests.ConnectionError) -> str | None:
@@ -166,6 +271,58 @@ def _total_from_content_range(value: str | None) -> tuple[int | None, int | None
     return start, (int(total) if total.isdigit() else None)
 
 
+def _sidecar(part: Path) -> Path:
+    """``<dest>.part.json``: the URL and validators the ``.part`` bytes came with."""
+    return part.with_name(part.name + ".json")
+
+
+def _discard(part: Path) -> None:
+    part.unlink(missing_ok=True)
+    _sidecar(part).unlink(missing_ok=True)
+
+
+def _validators(headers) -> dict[str, str | None]:
+    return {"etag": headers.get("ETag"), "last_modified": headers.get("Last-Modified")}
+
+
+def _changed(stored: dict, found: dict[str, str | None]) -> bool:
+    """Whether a validator the server sends now differs from the one the ``.part`` came with."""
+    return any(value is not None and value != stored.get(key) for key, value in found.items())
+
+
+def _if_range(stored: dict) -> str | None:
+    """A strong ETag, else Last-Modified: If-Range accepts no weak ETag."""
+    etag = stored.get("etag")
+    if etag and not etag.startswith("W/"):
+        return etag
+    return stored.get("last_modified")
+
+
+def _resume_record(url: str, part: Path) -> dict | None:
+    """The sidecar of a ``.part`` that may be resumed; any other ``.part`` is deleted."""
+    if not part.exists():
+        _sidecar(part).unlink(missing_ok=True)
+        return None
+    try:
+        stored = json.loads(_sidecar(part).read_text())
+    except (OSError, ValueError):
+        stored = None
+    if not isinstance(stored, dict) or stored.get("url") != url or not part.stat().st_size:
+        if part.stat().st_size:
+            origin = stored.get("url") if isinstance(stored, dict) else None
+            log.warning("%s: %s came from %s, not this URL; starting over", url, part,
+                        origin or "an unrecorded URL")
+        _discard(part)
+        return None
+    return stored
+
+
+def _write_sidecar(part: Path, record: dict) -> None:
+    tmp = part.with_name(part.name + ".json.tmp")
+    tmp.write_text(json.dumps(record) + "\n")
+    os.replace(tmp, _sidecar(part))
+
+
 class _Retry(Exception):
     """A transient failure; ``immediate`` retries at once (the partial file was reset)."""
 
@@ -178,10 +335,15 @@ def _http_attempt(
     session: requests.Session, url: str, part: Path, dest: Path, timeout: float, progress: bool
 ) -> None:
     """One GET that appends to ``part``; raises ``_Retry`` for transient failures."""
-    offset = part.stat().st_size if part.exists() else 0
+    stored = _resume_record(url, part)
+    offset = part.stat().st_size if stored else 0
     headers = {"Accept-Encoding": "identity"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
+        validator = _if_range(stored)
+        if validator:
+            headers["If-Range"] = validator
+    asked_range = bool(offset)
     try:
         resp = session.get(url, stream=True, timeout=timeout, headers=headers)
     except requests.ConnectionError as exc:
@@ -193,12 +355,13 @@ def _http_attempt(
         raise _Retry(f"timeout: {exc}") from exc
     with resp:
         status = resp.status_code
+        found = _validators(resp.headers)
         if status == 416 and offset:
             _, total = _total_from_content_range(resp.headers.get("Content-Range"))
-            if total == offset:
+            if total == offset and not _changed(stored, found):
                 return
             log.warning("%s: server rejected resume at byte %d; restarting", url, offset)
-            part.unlink()
+            _discard(part)
             raise _Retry("range not satisfiable", immediate=True)
         if status >= 500 or status in (408, 429):
             raise _Retry(f"HTTP {status}")
@@ -210,20 +373,27 @@ def _http_attempt(
             start, total = _total_from_content_range(resp.headers.get("Content-Range"))
             if start != offset:
                 log.warning("%s: server resumed at %s, not %d; restarting", url, start, offset)
-                part.unlink(missing_ok=True)
+                _discard(part)
                 raise _Retry("bad Content-Range", immediate=offset > 0)
-            mode = "ab"
+            if offset and _changed(stored, found):
+                log.warning("%s: the file changed on the server (%s, was %s); restarting",
+                            url, found, {k: stored.get(k) for k in found})
+                _discard(part)
+                raise _Retry("file changed on the server", immediate=True)
         else:
             if offset:
-                log.warning("%s: server ignored the Range request; restarting from 0", url)
-            offset, mode = 0, "wb"
+                log.warning("%s: server answered 200 to a Range request; restarting from 0", url)
+            offset = 0
             length = resp.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
+        if offset == 0:
+            _discard(part)
+            _write_sidecar(part, {"url": url, **found})
         received = 0
         # Raw bytes (no Content-Encoding decoding) so Range offsets and the checksum refer to
         # the file as served; read1 hands over every byte that arrived before a cut.
         try:
-            with open(part, mode) as fh, _progress(total, offset, dest.name, progress) as bar:
+            with open(part, "ab") as fh, _progress(total, offset, dest.name, progress) as bar:
                 for block in iter(lambda: resp.raw.read1(CHUNK_BYTES, decode_content=False), b""):
                     fh.write(block)
                     received += len(block)
@@ -237,8 +407,17 @@ def _http_attempt(
             urllib3.exceptions.HTTPError,
         ) as exc:
             raise _Retry(f"transfer cut after {offset + received} bytes: {exc}") from exc
-        if total is not None and offset + received != total:
-            raise _Retry(f"transfer cut at {offset + received} of {total} bytes")
+        if total is not None:
+            if offset + received != total:
+                raise _Retry(f"transfer cut at {offset + received} of {total} bytes")
+        elif not resp.raw.chunked:
+            # A close-delimited body looks the same whether it ended or was cut: ask for the
+            # rest; a 416 naming this size (or a 206 with the rest) proves the end.
+            raise _Retry(
+                f"body ended after {offset + received} bytes without Content-Length or chunked "
+                "encoding, so it may be cut",
+                immediate=not asked_range and received > 0,
+            )
 
 
 def fetch(
@@ -253,23 +432,31 @@ def fetch(
 ) -> dict:
     """Download ``url`` (http, https or file) to ``dest`` atomically; return url, sha256, size.
 
+    A file at :func:`by_hand_path` is used instead of downloading (record key ``by_hand``).
     Resumes ``dest.part`` with a Range request, retries mid-transfer failures and 5xx answers
     with exponential backoff (``backoff * 2**k`` seconds, at most ``retries`` retries), and
     fails at once, naming where to place the file by hand, on a refused connection, an unknown
-    host or a 4xx answer. ``sha256``/``size`` are verified when given; the returned record is
-    what a config can pin next time.
+    host or a 4xx answer. ``sha256``/``size`` are verified when given, gzip and JSON-lines
+    content always; the returned record is what a config can pin next time.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
+    hand = by_hand_path(dest)
+    if hand.is_file():
+        return _use_by_hand(hand, dest, url, sha256, size, progress)
     scheme = urlparse(url).scheme
     if scheme == "file":
-        _copy_file_url(url, part, dest, progress)
-        return _verify(part, dest, url, sha256, size)
+        src = Path(url2pathname(unquote(urlparse(url).path)))
+        if not src.is_file():
+            raise _by_hand(url, dest, f"no such file {src}")
+        tmp = dest.with_name(dest.name + ".tmp")
+        _copy(src, tmp, dest.name, progress)
+        return _finish(tmp, dest, url, sha256, size)
     if scheme not in ("http", "https"):
         raise DownloadError(f"unsupported URL scheme in {url!r}: use http(s):// or file://")
+    part = dest.with_name(dest.name + ".part")
     if part.exists():
-        log.info("%s: resuming %s from byte %d", url, part, part.stat().st_size)
+        log.info("%s: found %s (%d bytes)", url, part, part.stat().st_size)
     attempt = 0
     with requests.Session() as session:
         while True:
@@ -280,16 +467,21 @@ def fetch(
                 if exc.immediate:
                     continue
                 if attempt >= retries:
+                    if part.exists() and part.stat().st_size:
+                        kept = (f"the partial file {part.resolve()} ({part.stat().st_size} "
+                                "bytes) is kept and the next run resumes it")
+                    else:
+                        _discard(part)
+                        kept = "nothing was kept"
                     raise DownloadError(
-                        f"{url}: giving up after {attempt + 1} attempts ({exc}); the partial "
-                        f"file {part.resolve()} is kept and the next run resumes it, or place "
-                        f"the file by hand at {dest.resolve()}"
+                        f"{url}: giving up after {attempt + 1} attempts ({exc}); {kept}; or "
+                        f"download it by hand and place it at {hand.resolve()}"
                     ) from exc
                 delay = backoff * (2**attempt)
                 log.warning("%s: %s; retry %d/%d in %.1fs", url, exc, attempt + 1, retries, delay)
                 time.sleep(delay)
                 attempt += 1
-    return _verify(part, dest, url, sha256, size)
+    return _finish(part, dest, url, sha256, size)
 
 
 def fetch_source(
