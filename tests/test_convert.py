@@ -148,6 +148,22 @@ def test_too_many_rejects_fail_clearly_after_writing_everything(tmp_path):
     assert pq.read_table(out / "reviews.parquet").num_rows == 5
 
 
+def test_too_many_rejects_are_copied_where_the_message_says(tmp_path):
+    """The interim folder is a failed job's output (Snakemake deletes it); the copy is not."""
+    out = tmp_path / "interim"
+    copy = tmp_path / "logs" / "convert.rejects.jsonl"
+    with pytest.raises(ConvertError) as info:
+        convert_dataset(_hostile_reviews(tmp_path), _meta_2018(tmp_path), out, progress=False,
+                        rejects_copy=copy)
+    message = str(info.value)
+    assert str(copy.resolve()) in message and str(out) not in message
+    assert copy.read_text() == (out / "rejects.jsonl").read_text()
+    assert len(copy.read_text().splitlines()) == 10
+    convert_dataset(_hostile_reviews(tmp_path), _meta_2018(tmp_path), out, progress=False,
+                    max_reject_frac=0.9, rejects_copy=copy)
+    assert not copy.exists()  # a later success leaves no stale evidence behind
+
+
 def test_2014_meta_python_literals_convert(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     meta = tmp_path / "meta_Beauty.json.gz"

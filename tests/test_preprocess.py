@@ -196,6 +196,27 @@ def test_items_last_record_wins_and_texts_are_clean():
     assert items.loc[core_items[2], "title"] is None or pd.isna(items.loc[core_items[2], "title"])
 
 
+@pytest.mark.parametrize("case", ["empty", "unmatched"])
+def test_empty_or_unmatched_item_table_warns_in_stats_and_log(case, caplog):
+    reviews = random_reviews(2)
+    if case == "empty":
+        items = empty_items()
+    else:  # ids that went through a float column: "I3.0" never equals "I3"
+        items = pd.DataFrame({"line": [1, 2], "item_id": ["I3.0", "I4.0"], "title": ["a", "b"]})
+    with caplog.at_level("WARNING", logger="llm4rec.preprocess"):
+        stats = preprocess(reviews, items)["stats"]
+    assert stats["items_without_metadata"] == stats["items"]
+    (warning,) = stats["warnings"]
+    assert ("empty" in warning) if case == "empty" else ("'I3.0'" in warning and "same ids" in warning)
+    assert [r.getMessage() for r in caplog.records] == [warning]
+
+
+def test_matching_item_table_has_no_warning():
+    reviews = random_reviews(3)
+    items = pd.DataFrame({"line": [1], "item_id": ["I0"], "title": ["t"]})
+    assert preprocess(reviews, items)["stats"]["warnings"] == []
+
+
 @pytest.mark.parametrize("raw,clean", [
     ('<span class="a-size-medium a-color-secondary"', None),
     ("Fly &amp;amp; Tyer", "Fly & Tyer"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +123,13 @@ def test_local_source_skips_download_and_convert(tmp_path):
     assert list(items["categories"].iloc[0]) in (["Root", "Sub0"], ["Root", "Sub1"], ["Root", "Sub2"])
 
 
+def _named_rejects(proc) -> Path:
+    """The rejects file the error message points the user to."""
+    found = re.search(r"reasons are in (/\S+\.jsonl)", proc.stdout + proc.stderr)
+    assert found, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return Path(found.group(1))
+
+
 def test_too_many_rejects_fail_clearly_and_keep_the_rejects(tmp_path):
     work = copy_checkout(tmp_path)
     good = {"overall": 5.0, "reviewerID": "A", "asin": "B", "unixReviewTime": 1}
@@ -134,6 +142,50 @@ def test_too_many_rejects_fail_clearly_and_keep_the_rejects(tmp_path):
         "source": "url", "reviews": (work / "bad_reviews.json.gz").as_uri(), "meta": (work / "meta.json.gz").as_uri()}}}))
     proc = snakemake(work, "results/bad/interim/convert.json", "--cores", "1", "--configfile", "bad.yaml", check=False)
     assert proc.returncode != 0
-    assert "rejects" in proc.stdout + proc.stderr
-    kept = [json.loads(line) for line in (work / "logs/bad/convert.rejects.jsonl").read_text().splitlines()]
+    named = _named_rejects(proc)
+    assert named == (work / "logs/bad/convert.rejects.jsonl").resolve()
+    assert not (work / "results/bad/interim/rejects.jsonl").exists()  # deleted with the failed job
+    kept = [json.loads(line) for line in named.read_text().splitlines()]
     assert [r["line"] for r in kept] == list(range(51, 56))
+    assert all(r["text"] == "{broken" for r in kept)
+
+
+def _local_reviews(n: int = 1200) -> pd.DataFrame:
+    rng = np.random.default_rng(1)
+    return pd.DataFrame({"user_id": [f"u{k}" for k in rng.integers(0, 60, n)],
+                         "item_id": [f"i{k}" for k in rng.integers(0, 40, n)],
+                         "rating": rng.choice([4.0, 5.0], n), "timestamp": rng.integers(0, 10**6, n)})
+
+
+def test_local_too_many_rejects_keep_a_copy_the_error_names(tmp_path):
+    work = copy_checkout(tmp_path)
+    reviews = _local_reviews()
+    reviews.loc[[5, 50, 500], "user_id"] = ""
+    reviews.loc[range(100, 120), "rating"] = np.nan
+    reviews.to_csv(work / "mine.csv", index=False)
+    (work / "items.csv").write_text("item_id,title\ni1,t\n")
+    (work / "local.yaml").write_text(json.dumps({
+        "dataset": "mine", "datasets": {"mine": {"source": "local", "reviews": "mine.csv", "items": "items.csv"}}}))
+    proc = snakemake(work, "results/mine/interim/convert.json", "--cores", "1", "--configfile", "local.yaml",
+                     check=False)
+    assert proc.returncode != 0
+    assert "23 of 1200 rows rejected" in proc.stdout + proc.stderr
+    named = _named_rejects(proc)
+    assert named == (work / "logs/mine/import_local.rejects.jsonl").resolve()
+    kept = [json.loads(line) for line in named.read_text().splitlines()]
+    assert sorted(r["line"] for r in kept) == sorted([6, 51, 501, *range(101, 121)])
+    assert {r["reason"] for r in kept} == {"missing user_id", "rating is not a finite number"}
+
+
+def test_empty_item_table_is_a_warning_in_stats_and_log(tmp_path):
+    work = copy_checkout(tmp_path)
+    _local_reviews().to_csv(work / "mine.csv", index=False)
+    (work / "items.jsonl").write_text("")
+    (work / "local.yaml").write_text(json.dumps({
+        "dataset": "mine", "datasets": {"mine": {"source": "local", "reviews": "mine.csv", "items": "items.jsonl"}}}))
+    snakemake(work, "results/mine/processed/stats.json", "--cores", "1", "--configfile", "local.yaml")
+    stats = json.loads((work / "results/mine/processed/stats.json").read_text())
+    assert stats["items_without_metadata"] == stats["items"] > 0
+    (warning,) = stats["warnings"]
+    assert "item table is empty" in warning
+    assert f"WARNING llm4rec.preprocess: {warning}" in (work / "logs/mine/preprocess.log").read_text()

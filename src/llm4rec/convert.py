@@ -25,6 +25,7 @@ import gzip
 import json
 import math
 import os
+import shutil
 import sys
 import time
 import zlib
@@ -492,6 +493,20 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def keep_rejects(rejects_path: Path, copy: Path | None) -> Path:
+    """The rejects file an error message should name: ``copy`` when given, after copying.
+
+    Snakemake deletes a failed job's outputs, ``rejects.jsonl`` included; a copy beside the
+    rule's log is what the user can still open.
+    """
+    if copy is None:
+        return Path(rejects_path).resolve()
+    copy = Path(copy)
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(rejects_path, copy)
+    return copy.resolve()
+
+
 def convert_dataset(
     reviews_path: Path,
     meta_path: Path | None,
@@ -500,16 +515,21 @@ def convert_dataset(
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     progress: bool = True,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    rejects_copy: Path | None = None,
 ) -> dict:
     """Write reviews.parquet, items.parquet, rejects.jsonl and convert.json under ``out_dir``.
 
     Raises :class:`ConvertError` when a file's rejected fraction exceeds ``max_reject_frac``
-    or no review survives, after writing every output, so the evidence is on disk.
+    or no review survives, after writing every output, so the evidence is on disk. With
+    ``rejects_copy`` the rejects are also copied there on failure and the message names the
+    copy (a stale copy from an earlier failure is removed first).
     """
     if not 0 <= max_reject_frac <= 1:
         raise ValueError(f"max_reject_frac must be in [0, 1], got {max_reject_frac}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if rejects_copy is not None:
+        Path(rejects_copy).unlink(missing_ok=True)
     rejects_path = out_dir / "rejects.jsonl"
     rejects_tmp = rejects_path.with_name(rejects_path.name + ".tmp")
     try:
@@ -547,7 +567,7 @@ def convert_dataset(
     if problems:
         raise ConvertError(
             "; ".join(problems)
-            + f". Line numbers and reasons are in {rejects_path.resolve()}; if the input is right,"
-            " raise max_reject_frac in the config."
+            + f". Line numbers and reasons are in {keep_rejects(rejects_path, rejects_copy)};"
+            " if the input is right, raise max_reject_frac in the config."
         )
     return summary

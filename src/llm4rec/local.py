@@ -3,47 +3,188 @@
 A `local` dataset skips download and convert; this module reads its tables (parquet, CSV or
 JSON lines), checks the columns, and writes the same interim files convert writes. Rows
 without a user, item or finite rating are set aside in ``rejects.jsonl``, as convert does.
+
+Ids are text from the first read, whatever the format: a number type would turn ``007`` into
+``7``, ``1000`` into ``"1000.0"`` once a null makes the column float, and merge distinct ids
+above 2**53. CSV/TSV id columns are read as strings, JSON lines are parsed with exact integers
+(and exact decimals), parquet integers become their decimal text and parquet floats are taken
+only when every value is an integer the float holds exactly. Anything else is an error that
+names the file and the column, never a silently changed id.
 """
 
 from __future__ import annotations
 
 import ast
 import json
+from decimal import Decimal
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .convert import REJECT_TEXT_CHARS, ConvertError, keep_rejects, open_raw
 
 REVIEW_COLUMNS = {"user_id": "required", "item_id": "required", "rating": "required",
                   "timestamp": "optional", "review_text": "optional", "summary": "optional"}
 ITEM_COLUMNS = {"item_id": "required", "title": "optional", "brand": "optional",
                 "categories": "optional", "description": "optional"}
+ID_COLUMNS = ("user_id", "item_id")
 
 
 class SchemaError(ValueError):
-    """A local table lacks a required column or has an unreadable format."""
+    """A local table lacks a required column, has an unreadable format or an inexact id."""
 
 
 def read_table(path: Path) -> pd.DataFrame:
-    """Read parquet, CSV/TSV or JSON lines by file name."""
+    """Read parquet, CSV/TSV or JSON lines by file name; id columns hold ``str`` or ``None``."""
     path = Path(path)
     name = path.name.lower()
-    if name.endswith(".parquet"):
-        return pd.read_parquet(path)
-    if name.endswith((".csv", ".csv.gz")):
-        return pd.read_csv(path, dtype={"user_id": str, "item_id": str}, keep_default_na=False, na_values=[""])
-    if name.endswith((".tsv", ".tsv.gz")):
-        return pd.read_csv(path, sep="\t", dtype={"user_id": str, "item_id": str}, keep_default_na=False, na_values=[""])
-    if name.endswith((".jsonl", ".json", ".jsonl.gz", ".json.gz")):
-        return pd.read_json(path, lines=True, dtype={"user_id": str, "item_id": str})
+    try:
+        if name.endswith(".parquet"):
+            return _read_parquet(path)
+        if name.endswith((".csv", ".csv.gz")):
+            return _read_csv(path, ",")
+        if name.endswith((".tsv", ".tsv.gz")):
+            return _read_csv(path, "\t")
+        if name.endswith((".jsonl", ".json", ".jsonl.gz", ".json.gz")):
+            return _read_json_lines(path)
+    except UnicodeDecodeError as exc:
+        raise SchemaError(_not_utf8(path, exc)) from None
     raise SchemaError(f"{path}: unknown table format (use .parquet, .csv, .tsv or .jsonl)")
 
 
-def _check_columns(df: pd.DataFrame, spec: dict, path: Path) -> None:
+def _read_csv(path: Path, sep: str) -> pd.DataFrame:
+    try:
+        df = pd.read_csv(path, sep=sep, dtype={c: str for c in ID_COLUMNS}, encoding="utf-8",
+                         keep_default_na=False, na_values=[""])
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+    for col in ID_COLUMNS:
+        if col in df:
+            df[col] = pd.Series([None if pd.isna(v) else v for v in df[col]], index=df.index, dtype=object)
+    return df
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    table = pq.read_table(path)
+    df = table.to_pandas()
+    for col in ID_COLUMNS:
+        if col in table.column_names:
+            df[col] = pd.Series(_exact_ids(table.column(col), path, col), index=df.index, dtype=object)
+    return df
+
+
+def _exact_ids(column: pa.ChunkedArray, path: Path, name: str) -> list[str | None]:
+    """A parquet id column as decimal text, or SchemaError when that text would not be exact."""
+    kind = column.type
+    if pa.types.is_dictionary(kind):
+        return _exact_ids(column.cast(kind.value_type), path, name)
+    if pa.types.is_null(kind):
+        return [None] * len(column)
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind):
+        return column.to_pylist()
+    if pa.types.is_integer(kind):
+        return column.cast(pa.string()).to_pylist()
+    if pa.types.is_floating(kind):
+        values = column.to_numpy().astype(np.float64)
+        missing = column.is_null().to_numpy(zero_copy_only=False) | np.isnan(values)
+        # Below 2**(mantissa bits + 1) every integer has its own float; above, ids may have merged.
+        limit = 2.0 ** (np.finfo(column.type.to_pandas_dtype()).nmant + 1)
+        given = values[~missing]
+        exact = np.isfinite(given) & (given == np.floor(given)) & (np.abs(given) < limit)
+        if not exact.all():
+            raise SchemaError(
+                f"{path}: id column {name!r} is {kind} and holds {given[~exact][0]!r}, which is not "
+                f"an integer below {limit:.0f} that a {kind} keeps exactly, so the original id is "
+                "lost. Write the ids as strings (or integers) and import again.")
+        text = np.where(missing, 0.0, values).astype(np.int64).astype(str)
+        return [None if m else t for m, t in zip(missing, text.tolist())]
+    if pa.types.is_decimal(kind):
+        return [None if v is None else _decimal_id(v, path, name, "") for v in column.to_pylist()]
+    raise SchemaError(f"{path}: id column {name!r} has type {kind}; ids must be strings or integers.")
+
+
+def _decimal_id(value: Decimal, path: Path, name: str, where: str) -> str:
+    if value.is_finite() and value == value.to_integral_value():
+        return str(int(value))
+    raise SchemaError(f"{path}{where}: id column {name!r} holds {value}, which is not an integer; "
+                      "ids must be strings or integers.")
+
+
+def _json_id(value: Any, path: Path, name: str, line: int) -> str | None:
+    """An id from a parsed JSON line: strings as they are, integers as their exact text."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, Decimal):
+        return _decimal_id(value, path, name, f" line {line}")
+    raise SchemaError(f"{path} line {line}: id column {name!r} holds {json.dumps(value)[:60]}; "
+                      "ids must be strings or integers.")
+
+
+def _read_json_lines(path: Path) -> pd.DataFrame:
+    """One JSON object per line, numbers parsed exactly (ints as ints, the rest as Decimal)."""
+    records, lines, offset = [], [], 0
+    with open_raw(path) as fh:
+        for number, raw in enumerate(fh, 1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise SchemaError(_not_utf8_at(path, number, offset + exc.start, raw[exc.start])) from None
+            offset += len(raw)
+            text = (text.lstrip("\ufeff") if number == 1 else text).strip()
+            if not text:
+                continue
+            try:
+                value = json.loads(text, parse_float=Decimal)
+            except (ValueError, RecursionError) as exc:
+                raise SchemaError(f"{path} line {number}: not JSON ({exc}); JSON lines hold one object per line") from None
+            if not isinstance(value, dict):
+                raise SchemaError(f"{path} line {number}: a JSON object is expected, found {type(value).__name__}")
+            records.append(value)
+            lines.append(number)
+    names = list(dict.fromkeys(key for record in records for key in record))
+    columns = {}
+    for name in names:
+        values = [record.get(name) for record in records]
+        if name in ID_COLUMNS:
+            columns[name] = pd.Series([_json_id(v, path, name, n) for v, n in zip(values, lines)], dtype=object)
+        else:
+            columns[name] = [float(v) if isinstance(v, Decimal) else v for v in values]
+    return pd.DataFrame(columns, index=pd.RangeIndex(len(records)))
+
+
+def _not_utf8_at(path: Path, line: int, offset: int, byte: int) -> str:
+    return (f"{path}: not UTF-8 text: line {line}, byte offset {offset} holds 0x{byte:02x}. "
+            "Save the table as UTF-8 (from latin-1: iconv -f latin1 -t utf-8 old > new) and import again.")
+
+
+def _not_utf8(path: Path, exc: UnicodeDecodeError) -> str:
+    """Name the first undecodable byte by line and offset (pandas only gives a buffer position)."""
+    offset = 0
+    with open_raw(path) as fh:
+        for number, raw in enumerate(fh, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as bad:
+                return _not_utf8_at(path, number, offset + bad.start, raw[bad.start])
+            offset += len(raw)
+    return f"{path}: not UTF-8 text ({exc}). Save the table as UTF-8 and import again."
+
+
+def _check_columns(df: pd.DataFrame, spec: dict, path: Path) -> pd.DataFrame:
+    """The table with its required columns; an empty file (no header at all) is an empty table."""
+    if len(df) == 0 and len(df.columns) == 0:
+        return pd.DataFrame({c: pd.Series([], dtype=object) for c in spec})
     missing = [c for c, kind in spec.items() if kind == "required" and c not in df.columns]
     if missing:
         raise SchemaError(f"{path}: missing required column(s) {missing}; found {list(df.columns)}. "
                           "See the README section 'Bring your own data'.")
+    return df
 
 
 def _categories(value: object) -> list[str]:
@@ -61,22 +202,43 @@ def _categories(value: object) -> list[str]:
     return [str(v) for v in value]
 
 
-def import_local(reviews_path: Path, items_path: Path, out_dir: Path, max_reject_frac: float = 0.01) -> dict:
-    """Validate and copy local tables to ``out_dir``'s interim files; returns the counts."""
+def _write_rejects(fh: IO[str], label: str, frame: pd.DataFrame, reasons: np.ndarray) -> None:
+    bad = reasons != ""
+    rows = frame[bad].astype(str).to_dict("records")
+    for line, reason, row in zip(frame["line"][bad], reasons[bad], rows):
+        text = json.dumps(row, ensure_ascii=False)[:REJECT_TEXT_CHARS]
+        entry = {"file": label, "line": int(line), "reason": reason, "text": text}
+        fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
+
+
+def import_local(reviews_path: Path, items_path: Path, out_dir: Path, max_reject_frac: float = 0.01,
+                 rejects_copy: Path | None = None) -> dict:
+    """Validate and copy local tables to ``out_dir``'s interim files; returns the counts.
+
+    Raises :class:`ConvertError` after writing every output when too many review rows are
+    rejected or none is usable; with ``rejects_copy`` (a path beside the log, which outlives a
+    failed job's outputs) the rejects are copied there and the message names that copy.
+    """
     reviews_path, items_path, out_dir = Path(reviews_path), Path(items_path), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    reviews = read_table(reviews_path)
-    _check_columns(reviews, REVIEW_COLUMNS, reviews_path)
+    if rejects_copy is not None:
+        Path(rejects_copy).unlink(missing_ok=True)
+    reviews = _check_columns(read_table(reviews_path), REVIEW_COLUMNS, reviews_path)
+    items = _check_columns(read_table(items_path), ITEM_COLUMNS, items_path)
     reviews.insert(0, "line", np.arange(1, len(reviews) + 1, dtype=np.int64))
+    items.insert(0, "line", np.arange(1, len(items) + 1, dtype=np.int64))
     rating = pd.to_numeric(reviews["rating"], errors="coerce")
     reasons = np.select(
-        [reviews["user_id"].isna(), reviews["item_id"].isna(), ~np.isfinite(rating.to_numpy(float))],
+        [reviews["user_id"].isna().to_numpy(), reviews["item_id"].isna().to_numpy(),
+         ~np.isfinite(rating.to_numpy(float))],
         ["missing user_id", "missing item_id", "rating is not a finite number"], default="")
+    item_reasons = np.where(items["item_id"].isna().to_numpy(), "missing item_id", "")
     bad = reasons != ""
-    with open(out_dir / "rejects.jsonl", "w") as fh:
-        for line, reason, row in zip(reviews["line"][bad], reasons[bad], reviews[bad].astype(str).to_dict("records")):
-            fh.write(json.dumps({"file": "reviews", "line": int(line), "reason": reason,
-                                 "text": json.dumps(row)[:200]}) + "\n")
+    rejects_path = out_dir / "rejects.jsonl"
+    with open(rejects_path, "w", encoding="utf-8") as fh:
+        _write_rejects(fh, "reviews", reviews, reasons)
+        _write_rejects(fh, "meta", items, item_reasons)
+
     good = reviews[~bad].copy()
     good["rating"] = rating[~bad].astype(np.float64)
     good["user_id"] = good["user_id"].astype(str)
@@ -87,22 +249,29 @@ def import_local(reviews_path: Path, items_path: Path, out_dir: Path, max_reject
         good[col] = good[col].astype("string") if col in good else pd.array([None] * len(good), dtype="string")
     good[["line", *REVIEW_COLUMNS]].to_parquet(out_dir / "reviews.parquet", index=False)
 
-    items = read_table(items_path)
-    _check_columns(items, ITEM_COLUMNS, items_path)
-    items.insert(0, "line", np.arange(1, len(items) + 1, dtype=np.int64))
-    items = items[items["item_id"].notna()].copy()
-    items["item_id"] = items["item_id"].astype(str)
+    kept = items[item_reasons == ""].copy()
+    kept["item_id"] = kept["item_id"].astype(str)
     for col in ("title", "brand", "description"):
-        items[col] = items[col].astype("string") if col in items else pd.array([None] * len(items), dtype="string")
-    items["categories"] = [_categories(v) for v in items["categories"]] if "categories" in items \
-        else [[] for _ in range(len(items))]
-    items[["line", *ITEM_COLUMNS]].to_parquet(out_dir / "items.parquet", index=False)
+        kept[col] = kept[col].astype("string") if col in kept else pd.array([None] * len(kept), dtype="string")
+    kept["categories"] = [_categories(v) for v in kept["categories"]] if "categories" in kept \
+        else [[] for _ in range(len(kept))]
+    kept[["line", *ITEM_COLUMNS]].to_parquet(out_dir / "items.parquet", index=False)
 
-    report = {"reviews": {"lines": int(len(reviews)), "rows": int(len(good)), "rejected": int(bad.sum())},
-              "meta": {"lines": int(len(items)), "rows": int(len(items)), "rejected": 0},
+    n_bad = int(bad.sum())
+    report = {"reviews": {"path": str(reviews_path), "lines": int(len(reviews)), "rows": int(len(good)),
+                          "rejected": n_bad},
+              "meta": {"path": str(items_path), "lines": int(len(items)), "rows": int(len(kept)),
+                       "rejected": int(len(items) - len(kept))},
               "max_reject_frac": max_reject_frac, "source": "local"}
     (out_dir / "convert.json").write_text(json.dumps(report, indent=2) + "\n")
-    if len(reviews) and bad.sum() / len(reviews) > max_reject_frac:
-        raise SchemaError(f"{reviews_path}: {bad.sum()} of {len(reviews)} rows rejected "
-                          f"(more than convert.max_reject_frac={max_reject_frac}); see {out_dir / 'rejects.jsonl'}")
+    problem = None
+    if len(reviews) and n_bad / len(reviews) > max_reject_frac:
+        problem = (f"{reviews_path}: {n_bad} of {len(reviews)} rows rejected ({n_bad / len(reviews):.2%}), "
+                   f"more than convert.max_reject_frac {max_reject_frac:.2%}")
+    elif len(good) == 0:
+        problem = f"{reviews_path}: no usable review row"
+    if problem:
+        where = keep_rejects(rejects_path, rejects_copy)
+        raise ConvertError(f"{problem}. Row numbers and reasons are in {where}; if the table is right,"
+                           " raise convert.max_reject_frac in the config.")
     return report

@@ -6,6 +6,7 @@ the README); output is the processed tables every later stage reads.
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ import pandas as pd
 from .text import clean_list, clean_text
 
 SPLIT_SEED = 98765
+
+log = logging.getLogger(__name__)
 
 
 class EmptyDatasetError(ValueError):
@@ -141,9 +144,29 @@ def preprocess(reviews: pd.DataFrame, items: pd.DataFrame,
 
     stats.update(_split_stats(interactions, n_users, n_items))
     stats["items_without_metadata"] = int((~items_out["item_id"].isin(meta["item_id"])).sum())
+    stats["warnings"] = metadata_warnings(items, item_order)
+    for warning in stats["warnings"]:
+        log.warning("%s", warning)
     stats["settings"] = {"min_rating": s.min_rating, "user_core": s.user_core,
                          "item_core": s.item_core, "val_frac": s.val_frac, "seed": s.seed}
     return {"users": users_out, "items": items_out, "interactions": interactions, "stats": stats}
+
+
+def metadata_warnings(items: pd.DataFrame, item_order: list) -> list[str]:
+    """Say when no kept item has metadata: an empty item table, or ids that match none.
+
+    Both leave the prompts without titles, brands or categories and train anyway, so the
+    user must hear of it; mismatched ids (``"1000.0"`` against ``"1000"``) are shown.
+    """
+    if len(items) == 0:
+        return [f"the item table is empty: none of the {len(item_order)} items has a title, brand, "
+                "categories or description (check the meta / items file)"]
+    known = pd.Index(items["item_id"].dropna().unique())
+    if not known.isin(item_order).any():
+        return [f"none of the {len(known)} item ids of the item table matches one of the "
+                f"{len(item_order)} reviewed items (item table: {list(known[:3])}, reviews: "
+                f"{list(item_order[:3])}): no item has metadata; check that both tables use the same ids"]
+    return []
 
 
 def _counts(df: pd.DataFrame) -> dict:
