@@ -5,6 +5,7 @@ import re
 import sys
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -18,12 +19,20 @@ os.environ.update(LLM4REC_SCRIPTS=str(Path(workflow.basedir) / "workflow" / "scr
 os.environ.update(PYTHONPATH=os.pathsep.join([str(SRC), *os.getenv("PYTHONPATH", "").split(os.pathsep)]).rstrip(os.pathsep))
 
 import llm4rec  # noqa: E402  (after the path set-up above)
+from llm4rec import config_check  # noqa: E402
 
 
 configfile: "config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+# A short message naming the offending setting instead of Snakemake's schema dump; then the
+# checks the schema cannot express (backbone reachable, head count), before any job is planned.
+SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
+try:
+    validate(config, str(SCHEMA))
+except WorkflowError:
+    raise config_check.ConfigError(config_check.schema_message(config, config_check.load_schema(SCHEMA))) from None
+config_check.check_config(config)
 
 
 report: "workflow/report/workflow.rst"

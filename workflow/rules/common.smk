@@ -6,11 +6,6 @@ VERSION = llm4rec.__version__
 DATASET = config["dataset"]
 DATASETS = config["datasets"]
 
-if DATASET not in DATASETS:
-    raise ValueError(
-        f"config 'dataset: {DATASET}' names no entry of 'datasets' (known: {', '.join(sorted(DATASETS))})"
-    )
-
 LOCAL_DATASETS = [name for name, d in DATASETS.items() if d["source"] == "local"]
 RAW_DATASETS = [name for name, d in DATASETS.items() if d["source"] != "local"]
 
@@ -61,10 +56,6 @@ def local_inputs(wildcards):
 VARIANTS = config["variants"]
 RUN = "results/{dataset}/{variant}-s{seed}"
 
-for _name in config["run_variants"]:
-    if _name not in VARIANTS:
-        raise ValueError(f"config 'run_variants' names {_name!r}, which is not in 'variants' ({', '.join(VARIANTS)})")
-
 
 def model_settings(variant):
     """The `model` block with the variant's overrides applied."""
@@ -98,7 +89,7 @@ def launch(script):
     The scripts' folder comes from $LLM4REC_SCRIPTS (set in the Snakefile), so the shell
     command holds no absolute path and moving the checkout does not count as a code change.
     """
-    return f'bash "$LLM4REC_SCRIPTS/launch.sh" {{resources.gpu}} {{params.cpu_processes}} "$LLM4REC_SCRIPTS/{script}"'
+    return f'bash "$LLM4REC_SCRIPTS/launch.sh" {{resources.gpu:q}} {{params.cpu_processes:q}} "$LLM4REC_SCRIPTS/{script}"'
 
 
 def all_targets():

@@ -64,6 +64,7 @@ rule pretrain:
     output:
         directory(f"{RUN}/pretrain"),
     params:
+        processed=lambda wc, input: os.path.dirname(input.processed),
         settings=run_settings,
         version=VERSION,
         ckpt=f"{RUN}/pretrain.ckpt",
@@ -80,9 +81,9 @@ rule pretrain:
         mem_mb=config["resources"]["train_mem_mb"],
         gpu=config["resources"]["train_gpus"],
     shell:
-        launch("pretrain.py") + " --processed $(dirname {input.processed}) --graph {input.graph}"
-        " --content {input.content} --tokenizer {params.tokenizer} --out {output} --ckpt {params.ckpt}"
-        " --settings {params.settings:q} --version {params.version} --threads {threads} > {log} 2>&1"
+        launch("pretrain.py") + " --processed {params.processed:q} --graph {input.graph:q}"
+        " --content {input.content:q} --tokenizer {params.tokenizer:q} --out {output:q} --ckpt {params.ckpt:q}"
+        " --settings {params.settings:q} --version {params.version:q} --threads {threads:q} > {log:q} 2>&1"
 
 
 rule finetune:
@@ -94,6 +95,7 @@ rule finetune:
     output:
         directory(f"{RUN}/finetune"),
     params:
+        processed=lambda wc, input: os.path.dirname(input.processed),
         settings=run_settings,
         version=VERSION,
         ckpt=f"{RUN}/finetune.ckpt",
@@ -110,9 +112,9 @@ rule finetune:
         mem_mb=config["resources"]["train_mem_mb"],
         gpu=config["resources"]["train_gpus"],
     shell:
-        launch("finetune.py") + " --processed $(dirname {input.processed}) --graph {input.graph}"
-        " --pretrained {input.pretrained} --tokenizer {params.tokenizer} --out {output} --ckpt {params.ckpt}"
-        " --settings {params.settings:q} --version {params.version} --threads {threads} > {log} 2>&1"
+        launch("finetune.py") + " --processed {params.processed:q} --graph {input.graph:q}"
+        " --pretrained {input.pretrained:q} --tokenizer {params.tokenizer:q} --out {output:q} --ckpt {params.ckpt:q}"
+        " --settings {params.settings:q} --version {params.version:q} --threads {threads:q} > {log:q} 2>&1"
 
 
 rule evaluate:
@@ -126,6 +128,7 @@ rule evaluate:
         recommendations=f"{RUN}/recommendations.parquet",
         per_user=f"{RUN}/per_user.parquet",
     params:
+        processed=lambda wc, input: os.path.dirname(input.processed),
         settings=run_settings,
         version=VERSION,
         tokenizer=lambda wc, input: input.tokenizer or "none",
@@ -141,7 +144,7 @@ rule evaluate:
         mem_mb=config["resources"]["train_mem_mb"],
         gpu=config["resources"]["train_gpus"],
     shell:
-        launch("evaluate.py") + " --processed $(dirname {input.processed}) --graph {input.graph}"
-        " --finetuned {input.finetuned} --tokenizer {params.tokenizer} --metrics {output.metrics}"
-        " --recommendations {output.recommendations} --per-user {output.per_user}"
-        " --settings {params.settings:q} --version {params.version} --threads {threads} > {log} 2>&1"
+        launch("evaluate.py") + " --processed {params.processed:q} --graph {input.graph:q}"
+        " --finetuned {input.finetuned:q} --tokenizer {params.tokenizer:q} --metrics {output.metrics:q}"
+        " --recommendations {output.recommendations:q} --per-user {output.per_user:q}"
+        " --settings {params.settings:q} --version {params.version:q} --threads {threads:q} > {log:q} 2>&1"

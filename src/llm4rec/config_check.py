@@ -1,0 +1,160 @@
+"""Start-up checks of the workflow configuration, told in a few lines that name the setting.
+
+The Snakefile runs them before planning any job, so that a mistake the schema cannot see
+(a backbone missing offline, a head count that does not divide the width) fails at once
+rather than hours later in a job's log. Nothing here imports Snakemake.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+MAX_ERRORS = 5
+MAX_MESSAGE = 200
+_TRUE = {"1", "on", "yes", "true"}
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+class ConfigError(ValueError):
+    """A configuration mistake; its message is short and names the setting."""
+
+
+def setting(path: Iterable[Any]) -> str:
+    """`datasets.demo.source`, `run_variants[0]`: a config path as a user writes it."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _short(text: str) -> str:
+    """One line of at most MAX_MESSAGE characters: jsonschema's words can quote whole blocks."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
+
+
+def _describe(error: Any) -> str:
+    """One line for one jsonschema error: an unknown key, a bad name, or jsonschema's words."""
+    where = setting(error.absolute_path)
+    schema = error.schema if isinstance(error.schema, Mapping) else {}
+    if error.validator == "additionalProperties" and error.validator_value is False:
+        known = set(schema.get("properties", {}))
+        patterns = list(schema.get("patternProperties", {}))
+        extra = [k for k in error.instance if k not in known and not any(re.search(p, k) for p in patterns)]
+        keys = ", ".join(repr(setting([*error.absolute_path, k])) for k in extra)
+        return _short(f"config: unknown key {keys} (known here: {', '.join(sorted(known))})")
+    if "propertyNames" in error.schema_path:
+        why = schema.get("description", error.message)
+        return _short(f"config: {where}: name {error.instance!r} is not allowed: {why}")
+    if error.validator in ("pattern", "not") and "description" in schema:
+        return _short(f"config: {where}: {error.instance!r} is not allowed: {schema['description']}")
+    return _short(f"config: {where}: {error.message}")
+
+
+def schema_message(config: Mapping[str, Any], schema: Mapping[str, Any]) -> str:
+    """Every schema violation of ``config``, one short line each (at most MAX_ERRORS)."""
+    from jsonschema import Draft202012Validator
+
+    errors = sorted(Draft202012Validator(schema).iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path])
+    lines = list(dict.fromkeys(_describe(e) for e in errors))
+    if not lines:
+        return "config: does not match workflow/schemas/config.schema.yaml"
+    more = len(lines) - MAX_ERRORS
+    return "\n".join(lines[:MAX_ERRORS] + ([f"... and {more} more"] if more > 0 else []))
+
+
+def load_schema(path: str | Path) -> dict[str, Any]:
+    """The schema as a dict, to re-check a config that Snakemake's `validate` refused."""
+    import yaml
+
+    return yaml.safe_load(Path(path).read_text())
+
+
+def check_names(config: Mapping[str, Any]) -> None:
+    """`dataset` and `run_variants` must name entries that exist."""
+    datasets = config["datasets"]
+    if config["dataset"] not in datasets:
+        raise ConfigError(
+            f"config: dataset {config['dataset']!r} names no entry of 'datasets' (known: {', '.join(sorted(datasets))})"
+        )
+    for i, name in enumerate(config["run_variants"]):
+        if name not in config["variants"]:
+            raise ConfigError(
+                f"config: run_variants[{i}] {name!r} is not in 'variants' (known: {', '.join(config['variants'])})"
+            )
+
+
+def check_tiny(tiny: Mapping[str, int]) -> None:
+    """GPT-2 splits the width evenly over the heads; otherwise `pretrain` would fail in its log."""
+    if tiny["n_embd"] % tiny["n_head"]:
+        raise ConfigError(
+            f"config: model.tiny: n_embd ({tiny['n_embd']}) must be a multiple of n_head ({tiny['n_head']})"
+        )
+
+
+def offline() -> bool:
+    """Whether the Hugging Face hub may not be asked (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE)."""
+    return any(os.getenv(k, "").strip().lower() in _TRUE for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _has_weights(name: str, local_only: bool) -> bool:
+    """Weights in the folder ``name``, or (offline) in the hub cache; online they can be fetched."""
+    folder = Path(name)
+    if folder.is_dir():
+        return any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))
+    if not local_only:
+        return True
+    from huggingface_hub import try_to_load_from_cache
+
+    return any(isinstance(try_to_load_from_cache(name, f), str) for f in _WEIGHT_FILES)
+
+
+def check_backbone(name: str, attn_implementation: str) -> None:
+    """A named backbone's config, fast tokenizer and weights must be reachable now (offline:
+    from a local folder or the Hugging Face cache), and its attention must take the edge bias."""
+    if name == "tiny":
+        return
+    if name.startswith(("/", ".", "~")) and not Path(name).is_dir():
+        raise ConfigError(f"config: model.backbone {name!r}: no such folder (a local backbone is a save_pretrained folder)")
+    from transformers import AutoConfig, AutoTokenizer
+
+    from .model import check_backbone_supported
+
+    local_only = offline()
+    if Path(name).is_dir():
+        where = "in that folder"
+    else:
+        where = "offline (HF_HUB_OFFLINE is set)" if local_only else "from the Hugging Face hub or its cache"
+    hint = "download it once online, set model.backbone to a folder saved with save_pretrained, or use tiny"
+    try:
+        cfg = AutoConfig.from_pretrained(name, local_files_only=local_only, trust_remote_code=False)
+        tok = AutoTokenizer.from_pretrained(name, local_files_only=local_only, use_fast=True, trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(
+            _short(f"config: model.backbone {name!r}: its config or tokenizer cannot be loaded {where}: {reason}")
+            + f"\n  ({hint})"
+        ) from None
+    if not tok.is_fast:
+        raise ConfigError(f"config: model.backbone {name!r}: a fast (Rust) tokenizer is required")
+    if not tok("an item title", add_special_tokens=False)["input_ids"]:
+        # transformers builds an empty tokenizer when the vocabulary files are missing.
+        raise ConfigError(f"config: model.backbone {name!r}: no tokenizer files found {where}\n  ({hint})")
+    if not _has_weights(name, local_only):
+        raise ConfigError(f"config: model.backbone {name!r}: no weights found {where}\n  ({hint})")
+    try:
+        check_backbone_supported(cfg, attn_implementation)
+    except ValueError as e:
+        raise ConfigError(f"config: model.backbone {name!r}: {e}") from None
+
+
+def check_config(config: Mapping[str, Any]) -> None:
+    """What the schema cannot express, checked before any job is planned."""
+    check_names(config)
+    model = config["model"]
+    check_tiny(model["tiny"])
+    check_backbone(model["backbone"], model["attn_implementation"])
