@@ -19,10 +19,13 @@ import signal
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from conftest import snakemake
+from llm4rec.prompts import KIND, Examples
+from llm4rec.report import NoSecondOrderPrompt, plot_no_relation_bias, second_order_bias
 
 CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium") or "") if p and Path(p).is_file()), None)
 
@@ -235,3 +238,16 @@ def test_demo_baselines_and_summary(demo_run):
     assert (summary["seconds"] > 0).all()
     assert summary.loc[summary["method"] == "full", "Recall@20"].item() == pytest.approx(
         json.loads((d / "full-s0" / "metrics.json").read_text())["test"]["Recall@20"])
+
+
+def test_no_second_order_prompt_makes_a_figure_that_says_so(tmp_path):
+    """Items sharing no brand or category: no heatmap to draw, a figure with the reason instead."""
+    texts = Examples(ids=np.array([5, 6, 7]), offsets=np.array([0, 3]), prompt_len=np.array([3], dtype=np.int32),
+                     kind=np.array([KIND["review"]], dtype=np.int8), uid=np.array([-1]),
+                     items=np.empty(0, dtype=np.int64), item_offsets=np.zeros(2, dtype=np.int64))
+    with pytest.raises(NoSecondOrderPrompt, match="no second-order prompt"):
+        second_order_bias(texts, None, 50, 12, 9)
+    plot_no_relation_bias(tmp_path / "bias.svg", "no brand or category is shared by two items of mine")
+    svg = (tmp_path / "bias.svg").read_text()
+    assert svg.lstrip().startswith("<?xml") and "<svg" in svg
+    assert "No second-order prompt" in svg and "shared by two items of mine" in svg

@@ -2,7 +2,9 @@
 
 Variants (`{variant}-s{seed}/`) and baselines (`baselines/{name}/`, `baselines/multivae-s{seed}/`)
 write the same `metrics.json` and `per_user.parquet`, so one code path summarizes both.
-Figures are written with matplotlib's Agg backend (no display needed).
+Figures are written with matplotlib's Agg backend (no display needed). The training code
+(torch, through the collator) and scipy are imported where they are used: most report jobs
+and every Snakemake start (``git_commit``) need neither, and torch alone costs seconds.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -25,14 +27,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import scipy.stats  # noqa: E402
 
-from llm4rec.collate import EdgeAwareCollator, MASK_MIN  # noqa: E402
-from llm4rec.prompts import GRAPH_KINDS, KIND_NAMES, Examples  # noqa: E402
-from llm4rec.tokenization import EntityVocab  # noqa: E402
+if TYPE_CHECKING:
+    from llm4rec.prompts import Examples
 
 __all__ = [
     "METRICS",
+    "NoSecondOrderPrompt",
     "RunRecord",
     "benchmark_seconds",
     "dataset_stats_html",
@@ -42,6 +43,7 @@ __all__ = [
     "per_user_mean",
     "plot_methods",
     "plot_multivae_curves",
+    "plot_no_relation_bias",
     "plot_relation_bias",
     "plot_training_curves",
     "provenance_html",
@@ -121,6 +123,8 @@ def paired_wilcoxon(per_user: Mapping[str, Sequence[pd.DataFrame]], reference: s
     seeds. Zero differences are dropped (scipy's default ``zero_method="wilcox"``); when all
     differences are zero there is nothing to test and the p-value is NaN.
     """
+    import scipy.stats
+
     if reference not in per_user:
         raise ValueError(f"reference method {reference!r} has no per-user results")
     ref = per_user_mean(per_user[reference], metric)
@@ -289,6 +293,10 @@ def plot_multivae_curves(histories: Mapping[int, pd.DataFrame], path: str | Path
     plt.close(fig)
 
 
+class NoSecondOrderPrompt(ValueError):
+    """The dataset has no second-order group (no brand or category shared by two items)."""
+
+
 @dataclass
 class BiasExample:
     """The additive mask of one second-order prompt, restricted to its entity tokens."""
@@ -306,13 +314,18 @@ def second_order_bias(examples: Examples, index: Any, vocab: int, n_users: int, 
 
     Picks the prompt whose entity pairs show the most distinct relation values (then the
     most entities, up to ``max_entities``; then the first), so the figure shows the
-    distances the bias encodes rather than a uniform block.
+    distances the bias encodes rather than a uniform block. Raises
+    :class:`NoSecondOrderPrompt` when there is none, for the caller to say so.
     """
-    ev = EntityVocab(vocab, n_users, n_items)
-    collate = EdgeAwareCollator(ev, index, "seed")
+    from llm4rec.collate import MASK_MIN, EdgeAwareCollator
+    from llm4rec.prompts import GRAPH_KINDS, KIND_NAMES
+    from llm4rec.tokenization import EntityVocab
+
     candidates = np.flatnonzero(np.isin(examples.kind, sorted(GRAPH_KINDS)))
     if candidates.size == 0:
-        raise ValueError("the encoded examples hold no second-order prompt")
+        raise NoSecondOrderPrompt("the encoded examples hold no second-order prompt")
+    ev = EntityVocab(vocab, n_users, n_items)
+    collate = EdgeAwareCollator(ev, index, "seed")
     best, best_key = None, None
     for n in candidates:
         ex = examples[int(n)]
@@ -352,6 +365,20 @@ def plot_relation_bias(ex: BiasExample, path: str | Path, max_hops: int = 5) -> 
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def plot_no_relation_bias(path: str | Path, reason: str) -> None:
+    """A figure that says why there is no heatmap, so the report keeps its place and builds.
+
+    The text stays text in the SVG (not glyph paths), so it can be read, searched and tested.
+    """
+    with plt.rc_context({"svg.fonttype": "none"}):
+        fig, ax = plt.subplots(figsize=(7, 2))
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"No second-order prompt: {reason}.\nThe relation bias heatmap needs one.",
+                ha="center", va="center", fontsize=10, wrap=True)
+        fig.savefig(path)
+        plt.close(fig)
 
 
 # --- data statistics and provenance ------------------------------------------------------

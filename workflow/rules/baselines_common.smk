@@ -77,7 +77,7 @@ def raw_files(wildcards):
     """The raw inputs whose checksums the provenance lists."""
     spec = DATASETS[wildcards.dataset]
     if spec["source"] == "local":
-        return {"reviews": spec["reviews"], "items": spec["items"]}
+        return {"reviews": spec["reviews"], "catalog": spec["items"]}
     return {k: f"resources/raw/{wildcards.dataset}/{k}.json.gz" for k in ("reviews", "meta")}
 
 
