@@ -5,9 +5,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+from tqdm.auto import tqdm
 
 
 @contextlib.contextmanager
@@ -37,3 +40,49 @@ def log_to(path: str | Path) -> Iterator[logging.Logger]:
         finally:
             root.removeHandler(handler)
             sys.stdout, sys.stderr = old_out, old_err
+
+
+class _LogProgress:
+    """tqdm's interface for logs: one line per `every` of the work or per `seconds`,
+    instead of every redrawn frame (carriage returns) when the output is not a terminal."""
+
+    def __init__(self, iterable: Iterable, desc: str, total: int | None, logger: logging.Logger,
+                 every: float = 0.1, seconds: float = 60.0) -> None:
+        self.iterable, self.desc, self.logger = iterable, desc, logger
+        self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
+        self.every, self.seconds = every, seconds
+        self.postfix = ""
+
+    def set_postfix(self, **kwargs: object) -> None:
+        self.postfix = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+
+    def _line(self, done: int, t0: float) -> None:
+        elapsed = time.time() - t0
+        share = f"/{self.total} ({100 * done / self.total:.0f}%)" if self.total else ""
+        rate = f", {done / elapsed:.1f}/s" if elapsed > 0 else ""
+        extra = f", {self.postfix}" if self.postfix else ""
+        self.logger.info("%s: %d%s, %.0f s%s%s", self.desc, done, share, elapsed, rate, extra)
+
+    def __iter__(self) -> Iterator:
+        t0 = last_t = time.time()
+        step = max(1, int(self.every * self.total)) if self.total else None
+        done = 0
+        for x in self.iterable:
+            yield x
+            done += 1
+            now = time.time()
+            if (step and done % step == 0) or now - last_t >= self.seconds:
+                self._line(done, t0)
+                last_t = now
+        if not step or done % step:
+            self._line(done, t0)
+
+
+def progress(iterable: Iterable, desc: str, total: int | None = None, disable: bool = False,
+             logger: logging.Logger | None = None):
+    """A tqdm bar on a terminal; otherwise a progress line in the log every 10% or minute."""
+    if disable:
+        return tqdm(iterable, disable=True)
+    if sys.stderr.isatty():
+        return tqdm(iterable, desc=desc, total=total, mininterval=2.0, leave=False)
+    return _LogProgress(iterable, desc, total, logger or logging.getLogger("llm4rec.progress"))

@@ -24,6 +24,7 @@ from .tokenization import EntityVocab
 SUPPORTED_ATTENTION = ("eager", "sdpa")
 _ALIBI_MODEL_TYPES = ("bloom", "mpt")
 SIDES = ("content", "collab")
+MUTUAL_REG = ("all", "content_entities")
 
 
 def check_backbone_supported(config: PretrainedConfig, attn_implementation: str) -> None:
@@ -69,14 +70,19 @@ def build_tiny_backbone(
     n_head: int = 2,
     n_positions: int = 256,
     attn_implementation: str = "sdpa",
+    dropout: float = 0.1,
 ) -> PreTrainedModel:
-    """A small GPT-2 with random weights, trained from scratch (`backbone: tiny`)."""
+    """A small GPT-2 with random weights, trained from scratch (`backbone: tiny`); `dropout`
+    is GPT-2's embedding, attention and residual dropout (0.1 as GPT-2)."""
     cfg = GPT2Config(
         vocab_size=vocab_size,
         n_positions=n_positions,
         n_embd=n_embd,
         n_layer=n_layer,
         n_head=n_head,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
+        resid_pdrop=dropout,
         bos_token_id=0,
         eos_token_id=0,
         # GPT-2's tanh GELU, as one fused kernel (the default "gelu_new" is composed of ops).
@@ -138,8 +144,13 @@ class EdgeAwareRecModel(nn.Module):
         edge_bias: str = "seed",
         d6: int = 6,
         max_hops: int = 5,
+        init_std: float | None = None,
+        mutual_reg: str = "all",
     ) -> None:
         super().__init__()
+        if mutual_reg not in MUTUAL_REG:
+            raise ValueError(f"mutual_reg={mutual_reg!r}: expected one of {MUTUAL_REG}")
+        self.mutual_reg = mutual_reg
         self.backbone = backbone
         self.n_users, self.n_items = int(n_users), int(n_items)
         self.lambda_v = float(lambda_v)
@@ -147,13 +158,16 @@ class EdgeAwareRecModel(nn.Module):
         self.freeze_backbone = bool(freeze_backbone)
         self.vocab = int(backbone.get_input_embeddings().weight.shape[0])
         d = int(backbone.get_input_embeddings().weight.shape[1])
-        std = float(getattr(backbone.config, "initializer_range", 0.02))
+        std = float(init_std if init_std is not None else getattr(backbone.config, "initializer_range", 0.02))
         self.tables = nn.ModuleDict()
         for side in SIDES:
             for ent, n in (("user", self.n_users), ("item", self.n_items)):
                 emb = nn.Embedding(n, d)
                 nn.init.normal_(emb.weight, std=std)
                 self.tables[f"{side}_{ent}"] = emb
+        # Which nodes (users, then items) occur in a content example: with mutual_reg
+        # "content_entities" only they are regularized (see `set_content_nodes`).
+        self.register_buffer("has_content", torch.ones(self.n_users + self.n_items, dtype=torch.bool))
         if freeze_backbone:
             for p in self.backbone.parameters():
                 p.requires_grad_(False)
@@ -231,9 +245,22 @@ class EdgeAwareRecModel(nn.Module):
         sel = lab != -100
         return h[:, :-1][sel], lab[sel]
 
+    def set_content_nodes(self, nodes: torch.Tensor) -> None:
+        """Record the graph nodes that have content (occur in some content example)."""
+        mask = torch.zeros_like(self.has_content)
+        mask[nodes.to(mask.device).long()] = True
+        self.has_content.copy_(mask)
+
     def regularization(self, batch: dict[str, torch.Tensor], this: str, other: str) -> torch.Tensor:
-        """lambda_V * sum ||E_this(t) - sg(E_other(t))||^2 over the batch's reg_nodes."""
+        """lambda_V * sum ||E_this(t) - sg(E_other(t))||^2 over the batch's reg_nodes.
+
+        With mutual_reg "content_entities", nodes without any content example are left out:
+        their content embedding never learns from data, so pulling towards it (or it
+        towards the collaborative one) only ties a free vector to random initial values.
+        """
         nodes = batch["reg_nodes"].to(self.tables[f"{this}_user"].weight.device)
+        if self.mutual_reg == "content_entities":
+            nodes = nodes[self.has_content[nodes]]
         diff = self.entity_embedding(nodes, this) - self.entity_embedding(nodes, other).detach()
         return self.lambda_v * diff.pow(2).sum()
 
@@ -287,6 +314,7 @@ class EdgeAwareRecModel(nn.Module):
             "freeze_backbone": self.freeze_backbone,
             "d6": self.d6,
             "max_hops": self.max_hops,
+            "mutual_reg": self.mutual_reg,
         }
         (out / "rec_config.json").write_text(json.dumps(meta, indent=2))
 

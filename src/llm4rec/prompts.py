@@ -323,11 +323,13 @@ def build_finetune_examples(
     max_len: int,
     seed: int,
     epoch: int,
+    hide_frac: float = 0.2,
 ) -> Examples:
     """Fine-tuning prompts for one epoch, users in id order.
 
-    Each user's generator is seeded by (seed, epoch, user): it hides max(1, int(0.2 n))
-    train items, shuffles the kept ones, and (if needed) drops kept items to fit.
+    Each user's generator is seeded by (seed, epoch, user): it hides max(1, int(hide_frac n))
+    train items (never all of them), shuffles the kept ones, and (if needed) drops kept
+    items to fit.
     """
     frag = _Fragments(tokenizer)
     b = _Builder()
@@ -336,7 +338,7 @@ def build_finetune_examples(
             continue
         its = np.sort(np.asarray(its, np.int64))
         rng = np.random.default_rng([seed, epoch, u])
-        n_hide = max(1, int(0.2 * len(its)))
+        n_hide = min(max(1, int(hide_frac * len(its))), max(1, len(its) - 1))
         perm = rng.permutation(its)
         _user_prompt(b, frag, ev, u, perm[n_hide:], its, max_len, rng, KIND["finetune"])
     return b.finish()

@@ -22,11 +22,11 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .checkpoint import Checkpoint, TrainingState
 from .collate import EdgeAwareCollator
 from .graph import RelationIndex
+from .logutil import progress
 from .metrics import RankingEvaluator, selection_score, split_matrices
 from .model import EdgeAwareRecModel, build_tiny_backbone, context_length, load_backbone
 from .prompts import GRAPH_KINDS, Examples, build_collab_examples, build_content_examples, build_eval_examples, \
@@ -102,13 +102,15 @@ def build_model(model_settings: dict, tokenizer, data: Data, index: RelationInde
     if m["backbone"] == "tiny":
         t = m["tiny"]
         backbone = build_tiny_backbone(len(tokenizer), n_layer=t["n_layer"], n_embd=t["n_embd"], n_head=t["n_head"],
-                                       n_positions=t["n_positions"], attn_implementation=m["attn_implementation"])
+                                       n_positions=t["n_positions"], attn_implementation=m["attn_implementation"],
+                                       dropout=t.get("dropout", 0.1))
     else:
         backbone = load_backbone(m["backbone"], attn_implementation=m["attn_implementation"])
     return EdgeAwareRecModel(backbone, data.n_users, data.n_items, lambda_v=m["lambda_v"],
                              freeze_backbone=m["freeze_backbone"], edge_bias=m["edge_bias"],
                              d6=index.d6 if index is not None else 6,
-                             max_hops=index.max_hops if index is not None else 5)
+                             max_hops=index.max_hops if index is not None else 5,
+                             init_std=m.get("entity_init_std"), mutual_reg=m.get("mutual_reg", "all"))
 
 
 def max_length(model: EdgeAwareRecModel, model_settings: dict) -> int:
@@ -166,6 +168,29 @@ class _Steps(nn.Module):
         if step == "finetune":
             return self.model.finetune_step(batch)
         raise ValueError(step)
+
+
+def make_optimizer(params: list[nn.Parameter], lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """Adam (the seed's); with `weight_decay` > 0, AdamW's decoupled decay on every parameter."""
+    if weight_decay > 0:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.Adam(params, lr=lr)
+
+
+def lr_schedule(lr: float, total_steps: int, warmup_steps: int = 0, decay: str = "constant"):
+    """The learning rate at each optimizer step: linear warm-up over `warmup_steps`, then
+    constant or cosine decay to 0 at `total_steps`. A pure function of the step, so that a
+    resumed run continues on the same curve without a scheduler state."""
+
+    def at(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return lr * (step + 1) / warmup_steps
+        if decay == "cosine":
+            span = max(1, total_steps - warmup_steps)
+            return lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup_steps) / span)))
+        return lr
+
+    return at
 
 
 # --- batching --------------------------------------------------------------------------
@@ -243,12 +268,16 @@ def _run_step(steps: nn.Module, acc, optimizer, examples: list[dict], collate: E
 
 
 def _epoch(steps, acc, optimizer, examples: Examples, collate: EdgeAwareCollator, batch_size: int,
-           step: str, regularize: bool, label: str, order: np.ndarray | None = None) -> dict:
+           step: str, regularize: bool, label: str, order: np.ndarray | None = None,
+           lr_at=None, first_step: int = 0) -> dict:
     t0 = time.time()
     losses, regs, sizes = [], [], []
     batches = global_batches(len(examples), batch_size, order)
-    bar = tqdm(batches, desc=label, disable=not acc.is_local_main_process, mininterval=2.0, leave=False)
+    bar = progress(batches, desc=label, disable=not acc.is_local_main_process, logger=log)
     for b, gb in enumerate(bar):
+        if lr_at is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(first_step + b)
         part, weight = local_share(gb, acc.num_processes, acc.process_index)
         loss, reg = _run_step(steps, acc, optimizer, [examples[int(n)] for n in part], collate, step,
                               regularize, weight, f"{label}, batch {b}")
@@ -385,9 +414,15 @@ def pretrain(paths: StagePaths, settings: dict, fingerprint: str, threads: int |
     if too_long.any():
         raise ValueError(f"{int(too_long.sum())} content examples exceed the context ({max_len}); "
                          "re-encode with the backbone's max_length")
+    entity_ids = content.ids[content.ids >= ev.vocab]
+    model.set_content_nodes(torch.from_numpy(np.unique(entity_ids - ev.vocab)))
+    log.info("content: %d examples; %d of %d users and %d of %d items occur in one",
+             len(content), int(model.has_content[:ev.n_users].sum()), ev.n_users,
+             int(model.has_content[ev.n_users:].sum()), ev.n_items)
     collab = build_collab_examples(data.train_items, tokenizer, ev, max_len, seed)
     collate = EdgeAwareCollator(ev, index, m["edge_bias"], pad_token_id(tokenizer))
-    opts = {side: torch.optim.Adam(model.side_parameters(side), lr=p["lr"]) for side in ("content", "collab")}
+    opts = {side: make_optimizer(model.side_parameters(side), p["lr"], p.get("weight_decay", 0.0))
+            for side in ("content", "collab")}
     ckpt = Checkpoint(paths.ckpt, fingerprint)
     state = _resume(ckpt, model, opts, "pretrain")
     acc.wait_for_everyone()
@@ -397,14 +432,19 @@ def pretrain(paths: StagePaths, settings: dict, fingerprint: str, threads: int |
     for epoch in range(state.epoch + 1, len(plan)):
         kind, reg = plan[epoch]
         label = f"pretrain epoch {epoch} ({kind})"
-        if kind == "content":
+        if kind == "content" and len(content) == 0:
+            log.info("%s: skipped, the dataset has no content examples (no texts, titles, brands, "
+                     "categories or second-order groups)", label)
+            row = None
+        elif kind == "content":
             order = np.random.default_rng([seed, epoch]).permutation(len(content))
             row = _epoch(steps, acc, opts["content"], content, collate, p["batch_content"], "content", reg, label, order)
         else:
             row = _epoch(steps, acc, opts["collab"], collab, collate, p["batch_collab"], "collab", True, label)
-        row = {"epoch": epoch, "kind": kind, **row}
-        log.info("%s", row)
-        state.history.append(row)
+        if row is not None:
+            row = {"epoch": epoch, "kind": kind, **row}
+            log.info("%s", row)
+            state.history.append(row)
         state.epoch = epoch
         if acc.is_main_process:
             ckpt.save(_unwrap(acc, steps).model, {k: _unwrap_opt(o) for k, o in opts.items()}, state, improved=False)
@@ -429,19 +469,22 @@ def finetune(paths: StagePaths, settings: dict, fingerprint: str, threads: int |
     max_len = max_length(model, m)
     ev = model.entity_vocab
     collate = EdgeAwareCollator(ev, index, model.edge_bias, pad_token_id(tokenizer))
-    opt = torch.optim.Adam(model.side_parameters("collab"), lr=f["lr"])
+    opt = make_optimizer(model.side_parameters("collab"), f["lr"], f.get("weight_decay", 0.0))
     ckpt = Checkpoint(paths.ckpt, fingerprint)
     state = _resume(ckpt, model, {"rec": opt}, "finetune")
     acc.wait_for_everyone()
     scorer = Scorer(model, tokenizer, data, index, max_len, settings["evaluate"]["batch_size"])
     steps = acc.prepare(_Steps(model))
     opt = acc.prepare(opt)
+    per_epoch = math.ceil(sum(len(t) > 0 for t in data.train_items) / f["batch_size"])
+    lr_at = lr_schedule(f["lr"], per_epoch * f["epochs"], f.get("warmup_steps", 0), f.get("lr_decay", "constant"))
     for epoch in range(state.epoch + 1, f["epochs"]):
         if state.bad_epochs >= f["patience"]:
             break
-        examples = build_finetune_examples(data.train_items, tokenizer, ev, max_len, seed, epoch)
+        examples = build_finetune_examples(data.train_items, tokenizer, ev, max_len, seed, epoch,
+                                           f.get("hide_frac", 0.2))
         row = _epoch(steps, acc, opt, examples, collate, f["batch_size"], "finetune", False,
-                     f"finetune epoch {epoch}")
+                     f"finetune epoch {epoch}", lr_at=lr_at, first_step=epoch * per_epoch)
         val = evaluate_split(scorer, data, "val", acc)["metrics"]
         score = selection_score(val)
         improved = score > state.best_score
