@@ -81,3 +81,18 @@ def test_progress_writes_lines_not_frames(caplog):
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 10 and lines[-1].startswith("epoch 0: 100/100 (100%)")
     assert all("\r" not in line for line in lines) and "loss=99.0" in lines[-1]
+
+
+def test_model_saved_before_has_content_still_loads(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = EdgeAwareRecModel(build_tiny_backbone(300, 1, 16, 2, 64), 3, 4)
+    model.save(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    weights.pop("has_content")
+    save_file(weights, tmp_path / "model.safetensors")
+    assert bool(EdgeAwareRecModel.load(tmp_path).has_content.all())
+    weights.pop("tables.collab_user.weight")
+    save_file(weights, tmp_path / "model.safetensors")
+    with pytest.raises(ValueError, match="collab_user"):
+        EdgeAwareRecModel.load(tmp_path)

@@ -321,7 +321,12 @@ class EdgeAwareRecModel(nn.Module):
     def load_weights(self, path: str | Path) -> None:
         """Load a `model.safetensors` written by `save` into this (same-shaped) model."""
         p = Path(path)
-        load_model(self, str(p / "model.safetensors" if p.is_dir() else p))
+        f = p / "model.safetensors" if p.is_dir() else p
+        missing, unexpected = load_model(self, str(f), strict=False)
+        # Models saved before `has_content` existed regularized every entity: keep that.
+        missing = [k for k in missing if k != "has_content"]
+        if missing or unexpected:
+            raise ValueError(f"{f}: weights do not fit this model (missing {missing[:5]}, unexpected {unexpected[:5]})")
 
     @classmethod
     def load(cls, run_dir: str | Path, attn_implementation: str = "sdpa", **overrides: Any) -> "EdgeAwareRecModel":
