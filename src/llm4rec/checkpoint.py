@@ -4,7 +4,9 @@ Snakemake deletes a failed job's outputs, so the state lives in ``{run}/{stage}.
 ``last/`` (weights, optimizers, torch RNG, epoch, best score, patience, history) and
 ``best/`` (the best weights so far). A run resumes only when the stored fingerprint equals
 the current one (settings, library version, input checksums); otherwise it starts over.
-Everything is safetensors/JSON or tensors loaded with ``weights_only=True``.
+Everything is safetensors/JSON or tensors loaded with ``weights_only=True``. A model with
+``save_weights``/``load_weights`` (``EdgeAwareRecModel``) writes its own weights file, so that
+a LoRA model's checkpoint holds only what trains (adapters, tables) and not the base model.
 """
 
 from __future__ import annotations
@@ -41,6 +43,22 @@ def fingerprint(settings: dict, version: str, inputs: list[str | Path]) -> str:
     return h.hexdigest()
 
 
+def _save_weights(model: torch.nn.Module, path: Path) -> None:
+    saver = getattr(model, "save_weights", None)
+    if callable(saver):
+        saver(path)
+    else:
+        save_model(model, str(path))
+
+
+def _load_weights(model: torch.nn.Module, path: Path) -> None:
+    loader = getattr(model, "load_weights", None)
+    if callable(loader):
+        loader(path)
+    else:
+        load_model(model, str(path))
+
+
 @dataclass
 class TrainingState:
     """What a stage needs to continue after a crash."""
@@ -70,7 +88,7 @@ class Checkpoint:
         if meta.get("fingerprint") != self.fingerprint:
             self.clear()
             return None
-        load_model(model, str(self.dir / "last" / "model.safetensors"))
+        _load_weights(model, self.dir / "last" / "model.safetensors")
         for name, opt in optimizers.items():
             opt.load_state_dict(torch.load(self.dir / "last" / f"optimizer-{name}.pt", weights_only=True))
         rng = torch.load(self.dir / "last" / "rng.pt", weights_only=True)
@@ -86,7 +104,7 @@ class Checkpoint:
         tmp = self.dir / "last.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        save_model(model, str(tmp / "model.safetensors"))
+        _save_weights(model, tmp / "model.safetensors")
         for name, opt in optimizers.items():
             torch.save(opt.state_dict(), tmp / f"optimizer-{name}.pt")
         rng = {"cpu": torch.get_rng_state()}

@@ -11,11 +11,17 @@ Outside second-order prompts every prompt holds one user and that user's own tra
 the class is then a fixed pattern by token type (same node 0, user-item 1, item-item 2),
 computed with tensor ops. Only second-order rows ask `RelationIndex` for hop distances, for
 their entity pairs at or below the diagonal (the rest is masked by causality anyway).
-`seed`/`type`/`none` turn into the float mask here; `learned` hands the classes to the model.
+`seed`/`type`/`none` turn into the float mask here; `learned` hands the classes to the model,
+always exact up to 5 hops (whatever the graph's `max_hops`), so that the model can start
+every pair at its seed value.
+
+The float mask is float32 with blocked entries at `MASK_MIN` (float32's minimum); the model
+turns it into the attention's compute dtype, blocked entries at that dtype's minimum.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -28,6 +34,7 @@ from .tokenization import EntityVocab
 
 EDGE_BIAS_MODES = ("seed", "none", "type", "learned")
 MASK_MIN = torch.finfo(torch.float32).min
+EXACT_HOPS = 5  # the seed's relation tells hop distances apart up to 5 (6 and more: equal)
 
 
 class HopIndex(Protocol):
@@ -50,6 +57,17 @@ def index_lut(index: HopIndex) -> np.ndarray:
     if index.max_hops < 5:
         raise ValueError(f"the seed relation needs exact distances up to 5 hops; index has max_hops={index.max_hops}")
     return relation_lut(index.max_hops, index.d6, bool(getattr(index, "has_edges", True)))
+
+
+def exact_hop_index(index: HopIndex) -> HopIndex:
+    """`index` with a hop horizon of at least 5: the classes `learned` needs to start at the
+    seed values. `max_hops` is only a query horizon (as `RelationIndex.load` overrides it), so
+    a shallow copy with a larger one answers exact distances from the same structures."""
+    if index.max_hops >= EXACT_HOPS:
+        return index
+    out = copy.copy(index)
+    out.max_hops = EXACT_HOPS
+    return out
 
 
 def hop_classes(
@@ -178,6 +196,7 @@ class EdgeAwareCollator:
         self.ev = ev
         self.index = index
         self.edge_bias = edge_bias
+        self.hop_index = exact_hop_index(index) if edge_bias == "learned" else index
         self.pad_id = pad_id
 
     def __call__(self, batch: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -225,7 +244,7 @@ class EdgeAwareCollator:
 
         nodes_t, kinds_t = out["node_ids"], out["kinds"]
         if self.edge_bias == "learned":
-            out["hop_classes"] = hop_classes(nodes_t, _graph_rows(kinds_t), ev.n_users, self.index)
+            out["hop_classes"] = hop_classes(nodes_t, _graph_rows(kinds_t), ev.n_users, self.hop_index)
         else:
             bias = edge_bias_matrix(nodes_t, kinds_t, ev, self.index, self.edge_bias)
             out["attention_mask"] = additive_mask(bias, out["lengths"])

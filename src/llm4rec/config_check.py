@@ -96,6 +96,32 @@ def check_tiny(tiny: Mapping[str, int]) -> None:
         )
 
 
+def check_precision(config: Mapping[str, Any]) -> None:
+    """`model.dtype`, `model.lora` and `launch.mixed_precision` fit together and with the
+    backbone, for the model block and every variant that runs."""
+    model = config["model"]
+    mixed = config.get("launch", {}).get("mixed_precision", "no")
+    mixed = "no" if mixed is False else mixed
+    dtype = model.get("dtype", "float32")
+    if dtype != "float32" and mixed != "no":
+        raise ConfigError(
+            f"config: model.dtype {dtype} with launch.mixed_precision {mixed}: mixed precision keeps float32 "
+            "weights and autocasts; choose one (model.dtype: float32, or launch.mixed_precision: \"no\")"
+        )
+    if not model.get("lora"):
+        return
+    if model["backbone"] == "tiny":
+        raise ConfigError("config: model.lora needs a pre-trained backbone (a Hugging Face name or folder), not tiny")
+    names = ["model"] + [f"variants.{v}" for v in config.get("run_variants", [])]
+    for where in names:
+        block = model if where == "model" else {**model, **config["variants"].get(where.split(".", 1)[1], {})}
+        if block.get("freeze_backbone"):
+            raise ConfigError(
+                f"config: {where}: freeze_backbone true with model.lora: LoRA trains adapters inside the backbone "
+                "(set freeze_backbone: false, or lora: null to train the tables only)"
+            )
+
+
 def offline() -> bool:
     """Whether the Hugging Face hub may not be asked (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE)."""
     return any(os.getenv(k, "").strip().lower() in _TRUE for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
@@ -157,4 +183,5 @@ def check_config(config: Mapping[str, Any]) -> None:
     check_names(config)
     model = config["model"]
     check_tiny(model["tiny"])
+    check_precision(config)
     check_backbone(model["backbone"], model["attn_implementation"])

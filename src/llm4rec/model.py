@@ -4,27 +4,57 @@ One shared causal-LM backbone; a content and a collaborative side, each with its
 and item tables. Entity tokens are embedded from the side's tables, text tokens from the
 backbone's own embeddings; the sequence enters the backbone as `inputs_embeds` with the
 additive `[B, 1, L, L]` (or, for `learned`, `[B, H, L, L]`) mask built by the collator.
+
+Large backbones: `dtype` (float32, bfloat16, float16) sets the backbone's weights and the
+tables alike; under autocast (accelerate's mixed precision) the mask takes the autocast dtype.
+`lora` trains low-rank adapters (peft) instead of the backbone, and such a model saves only
+the adapters, tables and the base model's name and revision.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_model, save_model
+from safetensors import safe_open
+from safetensors.torch import load_model, save_file, save_model
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, PretrainedConfig, PreTrainedModel
 
-from .collate import MASK_MIN, relation_lut
+from .collate import EXACT_HOPS, MASK_MIN, relation_lut
 from .tokenization import EntityVocab
 
 SUPPORTED_ATTENTION = ("eager", "sdpa")
 _ALIBI_MODEL_TYPES = ("bloom", "mpt")
 SIDES = ("content", "collab")
 MUTUAL_REG = ("all", "content_entities")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+LORA_KEYS = ("r", "alpha", "dropout", "target_modules")
+
+
+def torch_dtype(name: str | torch.dtype) -> torch.dtype:
+    """`model.dtype` ("float32", "bfloat16", "float16") as a torch dtype."""
+    if isinstance(name, torch.dtype):
+        return name
+    if name not in DTYPES:
+        raise ValueError(f"dtype {name!r}: expected one of {tuple(DTYPES)}")
+    return DTYPES[name]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return next(k for k, v in DTYPES.items() if v == dtype)
+
+
+def compute_dtype(device: torch.device, weights: torch.dtype) -> torch.dtype:
+    """The dtype attention runs in: autocast's when it is on (mixed precision), else the weights'."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return weights
 
 
 def check_backbone_supported(config: PretrainedConfig, attn_implementation: str) -> None:
@@ -71,9 +101,11 @@ def build_tiny_backbone(
     n_positions: int = 256,
     attn_implementation: str = "sdpa",
     dropout: float = 0.1,
+    dtype: torch.dtype | str = torch.float32,
 ) -> PreTrainedModel:
     """A small GPT-2 with random weights, trained from scratch (`backbone: tiny`); `dropout`
-    is GPT-2's embedding, attention and residual dropout (0.1 as GPT-2)."""
+    is GPT-2's embedding, attention and residual dropout (0.1 as GPT-2). Initialized in
+    float32 and then cast, so that every `dtype` starts from the same (rounded) weights."""
     cfg = GPT2Config(
         vocab_size=vocab_size,
         n_positions=n_positions,
@@ -89,23 +121,30 @@ def build_tiny_backbone(
         activation_function="gelu_pytorch_tanh",
     )
     check_backbone_supported(cfg, attn_implementation)
-    model = AutoModelForCausalLM.from_config(cfg, attn_implementation=attn_implementation)
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation=attn_implementation, dtype=torch.float32)
     _check_loaded(model, attn_implementation)
-    return model
+    dtype = torch_dtype(dtype)
+    return model if dtype == torch.float32 else model.to(dtype)
 
 
 def load_backbone(
     name_or_path: str | Path,
     attn_implementation: str = "sdpa",
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = torch.float32,
+    revision: str | None = None,
 ) -> PreTrainedModel:
     """Any Hugging Face causal LM by hub name or local folder (no remote code); refuses
-    unsupported attention before loading weights."""
-    config = AutoConfig.from_pretrained(str(name_or_path), trust_remote_code=False)
+    unsupported attention before loading weights.
+
+    `dtype` defaults to float32 rather than the checkpoint's own ("auto" in transformers 5):
+    the tables, heads and mask follow the backbone, so its dtype must be a choice.
+    """
+    rev = {"revision": revision} if revision else {}
+    config = AutoConfig.from_pretrained(str(name_or_path), trust_remote_code=False, **rev)
     check_backbone_supported(config, attn_implementation)
-    kwargs: dict[str, Any] = {"attn_implementation": attn_implementation, "trust_remote_code": False}
+    kwargs: dict[str, Any] = {"attn_implementation": attn_implementation, "trust_remote_code": False, **rev}
     if dtype is not None:
-        kwargs["dtype"] = dtype
+        kwargs["dtype"] = torch_dtype(dtype)
     model = AutoModelForCausalLM.from_pretrained(str(name_or_path), **kwargs)
     _check_loaded(model, attn_implementation)
     return model
@@ -127,11 +166,46 @@ def context_length(backbone: PreTrainedModel) -> int:
     raise ValueError(f"{cfg.model_type}: cannot tell the context length")
 
 
+def enable_gradient_checkpointing(backbone: PreTrainedModel) -> None:
+    """Recompute each layer's activations in the backward pass (non-reentrant: works with
+    frozen or LoRA backbones fed `inputs_embeds`). transformers 5 renamed the method."""
+    kwargs = {"use_reentrant": False}
+    enable = getattr(backbone, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def lora_settings(lora: Mapping[str, Any]) -> dict[str, Any]:
+    """`model.lora` with its defaults filled in (alpha = 2r, no dropout, peft's target modules
+    for the architecture), as stored in `rec_config.json`."""
+    unknown = set(lora) - set(LORA_KEYS)
+    if unknown:
+        raise ValueError(f"model.lora: unknown keys {sorted(unknown)} (known: {', '.join(LORA_KEYS)})")
+    if "r" not in lora:
+        raise ValueError("model.lora needs r (the adapters' rank)")
+    r = int(lora["r"])
+    targets = lora.get("target_modules")
+    return {"r": r, "alpha": float(lora.get("alpha", 2 * r)), "dropout": float(lora.get("dropout", 0.0)),
+            "target_modules": list(targets) if targets else None}
+
+
+def wrap_lora(backbone: PreTrainedModel, lora: Mapping[str, Any]) -> nn.Module:
+    """The backbone inside a PEFT LoRA wrapper: only the adapters require gradients."""
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                     target_modules=lora["target_modules"], bias="none")
+    return get_peft_model(backbone, cfg)
+
+
 class EdgeAwareRecModel(nn.Module):
     """Shared backbone + content and collaborative user/item tables + heads and losses.
 
     Steps return `(loss, reg)`: `loss` is the step's mean loss, `reg` the mutual
-    regularization sum (times lambda_V); the optimizer minimizes `loss + reg`.
+    regularization sum (times lambda_V); the optimizer minimizes `loss + reg`. Losses and
+    the regularizer are computed in float32 whatever the backbone's dtype.
     """
 
     def __init__(
@@ -146,25 +220,39 @@ class EdgeAwareRecModel(nn.Module):
         max_hops: int = 5,
         init_std: float | None = None,
         mutual_reg: str = "all",
+        lora: Mapping[str, Any] | None = None,
+        gradient_checkpointing: bool = False,
+        base_name: str | None = None,
+        base_revision: str | None = None,
     ) -> None:
         super().__init__()
         if mutual_reg not in MUTUAL_REG:
             raise ValueError(f"mutual_reg={mutual_reg!r}: expected one of {MUTUAL_REG}")
+        if lora and freeze_backbone:
+            raise ValueError("model.lora trains adapters inside the backbone: it needs freeze_backbone: false")
         self.mutual_reg = mutual_reg
-        self.backbone = backbone
+        # What a LoRA model's checkpoint names instead of holding the base weights.
+        self.base_name = base_name or str(getattr(backbone.config, "name_or_path", "") or "")
+        self.base_revision = base_revision or getattr(backbone.config, "_commit_hash", None)
+        if gradient_checkpointing:
+            enable_gradient_checkpointing(backbone)
+        self.lora = lora_settings(lora) if lora else None
+        self.backbone = wrap_lora(backbone, self.lora) if self.lora else backbone
         self.n_users, self.n_items = int(n_users), int(n_items)
         self.lambda_v = float(lambda_v)
         self.edge_bias = edge_bias
         self.freeze_backbone = bool(freeze_backbone)
-        self.vocab = int(backbone.get_input_embeddings().weight.shape[0])
-        d = int(backbone.get_input_embeddings().weight.shape[1])
+        wte = backbone.get_input_embeddings().weight
+        self.vocab, d = int(wte.shape[0]), int(wte.shape[1])
+        self.weight_dtype = wte.dtype
         std = float(init_std if init_std is not None else getattr(backbone.config, "initializer_range", 0.02))
         self.tables = nn.ModuleDict()
         for side in SIDES:
             for ent, n in (("user", self.n_users), ("item", self.n_items)):
                 emb = nn.Embedding(n, d)
                 nn.init.normal_(emb.weight, std=std)
-                self.tables[f"{side}_{ent}"] = emb
+                # The item tables are the collaborative and recommendation heads: same dtype as h.
+                self.tables[f"{side}_{ent}"] = emb.to(self.weight_dtype)
         # Which nodes (users, then items) occur in a content example: with mutual_reg
         # "content_entities" only they are regularized (see `set_content_nodes`).
         self.register_buffer("has_content", torch.ones(self.n_users + self.n_items, dtype=torch.bool))
@@ -173,13 +261,24 @@ class EdgeAwareRecModel(nn.Module):
                 p.requires_grad_(False)
         self.d6, self.max_hops = int(d6), int(max_hops)
         if edge_bias == "learned":
-            # R = hop_bias[h, d] + edge_weight[h] * [d == 1]; at init the seed values exactly
+            # One learnable scalar per head and hop class 0..max_hops+1 (float32 whatever the
+            # backbone's dtype), starting at the seed values. The collator's classes are exact
+            # up to 5 hops; classes past max_hops + 1 share its scalar plus their fixed seed
+            # offset, so that every pair starts at its seed value for any max_hops.
             h = int(backbone.config.num_attention_heads)
-            lut = relation_lut(max_hops, d6)
+            lut = relation_lut(self.max_hops, self.d6)
             self.hop_bias = nn.Parameter(torch.from_numpy(lut).repeat(h, 1))
-            self.edge_weight = nn.Parameter(torch.zeros(h))
+            exact = relation_lut(max(self.max_hops, EXACT_HOPS), self.d6)
+            learn = np.minimum(np.arange(len(exact)), self.max_hops + 1)
+            self.register_buffer("hop_class", torch.from_numpy(learn), persistent=False)
+            self.register_buffer("hop_offset", torch.from_numpy(exact - lut[learn]), persistent=False)
 
     # --- embeddings -------------------------------------------------------------------
+    @property
+    def lm(self) -> PreTrainedModel:
+        """The Hugging Face causal LM (the model inside the PEFT wrapper when LoRA is on)."""
+        return self.backbone.get_base_model() if self.lora else self.backbone
+
     @property
     def entity_vocab(self) -> EntityVocab:
         return EntityVocab(self.vocab, self.n_users, self.n_items)
@@ -194,20 +293,23 @@ class EdgeAwareRecModel(nn.Module):
         return torch.where(is_user, u, i)
 
     def side_parameters(self, side: str) -> list[nn.Parameter]:
-        """One optimizer's parameters: the side's tables and the (trainable) shared backbone."""
+        """One optimizer's parameters: the side's tables and the trainable part of the shared
+        backbone (all of it, the LoRA adapters only, or nothing when frozen)."""
         params = [self.tables[f"{side}_user"].weight, self.tables[f"{side}_item"].weight]
         params += [p for p in self.backbone.parameters() if p.requires_grad]
         if self.edge_bias == "learned":
-            params += [self.hop_bias, self.edge_weight]
+            params.append(self.hop_bias)
         return params
 
     # --- forward ----------------------------------------------------------------------
     def _mask(self, batch: dict[str, torch.Tensor], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """The additive mask in the attention's compute dtype, blocked entries at its finfo.min
+        (float32's minimum would round to -inf in bfloat16 and float16)."""
         if self.edge_bias == "learned":
             cls = batch["hop_classes"].to(device)
             ent = cls >= 0
-            c = cls.clamp(min=0).long()
-            bias = self.hop_bias[:, c].permute(1, 0, 2, 3) + self.edge_weight[None, :, None, None] * (c == 1)[:, None]
+            c = cls.clamp(0, len(self.hop_class) - 1).long()  # classes past 6 hops all read "farther"
+            bias = self.hop_bias[:, self.hop_class[c]].permute(1, 0, 2, 3) + self.hop_offset[c][:, None]
             bias = torch.where(ent[:, None], bias, 0.0)
             L = cls.shape[-1]
             causal = torch.ones(L, L, dtype=torch.bool, device=device).tril()
@@ -222,7 +324,8 @@ class EdgeAwareRecModel(nn.Module):
 
     def hidden_states(self, batch: dict[str, torch.Tensor], side: str) -> torch.Tensor:
         """Last hidden states `[B, L, d]` with entity tokens embedded from `side`'s tables."""
-        wte = self.backbone.get_input_embeddings()
+        lm = self.lm
+        wte = lm.get_input_embeddings()
         device = wte.weight.device
         ids = batch["input_ids"].to(device)
         nodes = batch["node_ids"].to(device)
@@ -230,10 +333,10 @@ class EdgeAwareRecModel(nn.Module):
         ent = self.entity_embedding(nodes.clamp(min=0), side).to(text.dtype)
         embeds = torch.where((nodes >= 0)[..., None], ent, text)
         L = ids.shape[1]
-        base = getattr(self.backbone, self.backbone.base_model_prefix)
+        base = getattr(lm, lm.base_model_prefix)
         out = base(
             inputs_embeds=embeds,
-            attention_mask=self._mask(batch, text.dtype, device),
+            attention_mask=self._mask(batch, compute_dtype(device, text.dtype), device),
             position_ids=torch.arange(L, device=device)[None].expand(ids.shape[0], L),
             use_cache=False,
         )
@@ -252,7 +355,7 @@ class EdgeAwareRecModel(nn.Module):
         self.has_content.copy_(mask)
 
     def regularization(self, batch: dict[str, torch.Tensor], this: str, other: str) -> torch.Tensor:
-        """lambda_V * sum ||E_this(t) - sg(E_other(t))||^2 over the batch's reg_nodes.
+        """lambda_V * sum ||E_this(t) - sg(E_other(t))||^2 over the batch's reg_nodes (float32).
 
         With mutual_reg "content_entities", nodes without any content example are left out:
         their content embedding never learns from data, so pulling towards it (or it
@@ -261,7 +364,7 @@ class EdgeAwareRecModel(nn.Module):
         nodes = batch["reg_nodes"].to(self.tables[f"{this}_user"].weight.device)
         if self.mutual_reg == "content_entities":
             nodes = nodes[self.has_content[nodes]]
-        diff = self.entity_embedding(nodes, this) - self.entity_embedding(nodes, other).detach()
+        diff = self.entity_embedding(nodes, this).float() - self.entity_embedding(nodes, other).detach().float()
         return self.lambda_v * diff.pow(2).sum()
 
     # --- steps ------------------------------------------------------------------------
@@ -270,7 +373,7 @@ class EdgeAwareRecModel(nn.Module):
         content tables pulled towards the collaborative ones."""
         h = self.hidden_states(batch, "content")
         hs, y = self._targets(h, batch["labels"])
-        logits = self.backbone.get_output_embeddings()(hs)
+        logits = self.lm.get_output_embeddings()(hs)
         loss = F.cross_entropy(logits.float(), y)
         reg = self.regularization(batch, "content", "collab") if regularize else loss.new_zeros(())
         return loss, reg
@@ -300,12 +403,25 @@ class EdgeAwareRecModel(nn.Module):
         return loss, self.regularization(batch, "collab", "content")
 
     # --- persistence ------------------------------------------------------------------
+    def _is_base_weight(self, key: str) -> bool:
+        """A weight of the base model that a LoRA model does not save (it reloads it by name)."""
+        return bool(self.lora) and key.startswith("backbone.") and "lora_" not in key
+
+    def save_weights(self, path: str | Path) -> None:
+        """One safetensors file: every weight, or with LoRA all but the base model's."""
+        if not self.lora:
+            save_model(self, str(path))
+            return
+        state = {k: v.detach().contiguous() for k, v in self.state_dict().items() if not self._is_base_weight(k)}
+        save_file(state, str(path), metadata={"base_name": self.base_name, "base_revision": self.base_revision or ""})
+
     def save(self, out_dir: str | Path) -> None:
-        """`model.safetensors` (all weights) + `rec_config.json` + `backbone/config.json`."""
+        """`model.safetensors` (all weights; with LoRA: adapters, tables and bias only) +
+        `rec_config.json` + `backbone/config.json`."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        save_model(self, str(out / "model.safetensors"))
-        self.backbone.config.save_pretrained(str(out / "backbone"))
+        self.save_weights(out / "model.safetensors")
+        self.lm.config.save_pretrained(str(out / "backbone"))
         meta = {
             "n_users": self.n_users,
             "n_items": self.n_items,
@@ -315,29 +431,52 @@ class EdgeAwareRecModel(nn.Module):
             "d6": self.d6,
             "max_hops": self.max_hops,
             "mutual_reg": self.mutual_reg,
+            "dtype": dtype_name(self.weight_dtype),
+            "lora": self.lora,
+            "base_name": self.base_name,
+            "base_revision": self.base_revision,
         }
         (out / "rec_config.json").write_text(json.dumps(meta, indent=2))
 
     def load_weights(self, path: str | Path) -> None:
-        """Load a `model.safetensors` written by `save` into this (same-shaped) model."""
+        """Load a `model.safetensors` written by `save` into this (same-shaped) model.
+
+        Files from before the learned bias had one scalar per head and hop distance hold an
+        extra `edge_weight[h]` on top of `hop_bias[h, 1]`: it is folded into `hop_bias[h, 1]`,
+        which gives the same mask.
+        """
         p = Path(path)
         f = p / "model.safetensors" if p.is_dir() else p
         missing, unexpected = load_model(self, str(f), strict=False)
         # Models saved before `has_content` existed regularized every entity: keep that.
-        missing = [k for k in missing if k != "has_content"]
+        missing = [k for k in missing if k != "has_content" and not self._is_base_weight(k)]
+        legacy = self.edge_bias == "learned" and "edge_weight" in unexpected
+        unexpected = [k for k in unexpected if not (legacy and k == "edge_weight")]
         if missing or unexpected:
             raise ValueError(f"{f}: weights do not fit this model (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        if legacy:
+            with safe_open(str(f), framework="pt") as fh:
+                edge_weight = fh.get_tensor("edge_weight")
+            with torch.no_grad():
+                self.hop_bias[:, 1] += edge_weight.to(self.hop_bias)
 
     @classmethod
     def load(cls, run_dir: str | Path, attn_implementation: str = "sdpa", **overrides: Any) -> "EdgeAwareRecModel":
-        """Rebuild from a folder written by `save` (no access to the original backbone)."""
+        """Rebuild from a folder written by `save`: the backbone from its saved config (no
+        access to the original weights), or, for LoRA, the base model by name and revision."""
         d = Path(run_dir)
         meta = json.loads((d / "rec_config.json").read_text())
         meta.update(overrides)
-        config = AutoConfig.from_pretrained(str(d / "backbone"), trust_remote_code=False)
-        check_backbone_supported(config, attn_implementation)
-        backbone = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
+        dtype = torch_dtype(meta.pop("dtype", "float32"))
+        if meta.get("lora"):
+            name = meta.get("base_name")
+            if not name:
+                raise ValueError(f"{d / 'rec_config.json'}: a LoRA model needs its base model's name (base_name)")
+            backbone = load_backbone(name, attn_implementation, dtype=dtype, revision=meta.get("base_revision"))
+        else:
+            config = AutoConfig.from_pretrained(str(d / "backbone"), trust_remote_code=False)
+            check_backbone_supported(config, attn_implementation)
+            backbone = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, dtype=dtype)
         model = cls(backbone, **meta)
         model.load_weights(d)
         return model
-

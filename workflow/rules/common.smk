@@ -85,11 +85,18 @@ def launch(script):
     launch.sh gets the job's `gpu` resource as the scheduler sees it (so a profile's or the
     command line's `--set-resources pretrain:gpu=4` changes both the request and the process
     count) and `launch.num_processes`, the process count of a job without GPUs.
+    `launch.mixed_precision` (accelerate's) is passed, quoted, only when it is not "no", so
+    that the default command is the one of runs made before the setting existed.
 
     The scripts' folder comes from $LLM4REC_SCRIPTS (set in the Snakefile), so the shell
     command holds no absolute path and moving the checkout does not count as a code change.
     """
-    return f'bash "$LLM4REC_SCRIPTS/launch.sh" {{resources.gpu:q}} {{params.cpu_processes:q}} "$LLM4REC_SCRIPTS/{script}"'
+    import shlex
+
+    mixed = config["launch"].get("mixed_precision", "no")
+    mixed = "no" if mixed is False else str(mixed)  # YAML reads a bare `no` as false
+    flag = "" if mixed == "no" else "--mixed_precision " + shlex.quote(mixed) + " "
+    return f'bash "$LLM4REC_SCRIPTS/launch.sh" {flag}{{resources.gpu:q}} {{params.cpu_processes:q}} "$LLM4REC_SCRIPTS/{script}"'
 
 
 def all_targets():
