@@ -1,4 +1,4 @@
-"""The edge bias R and the additive mask built by the collator (SPEC sections 3 and 5)."""
+"""The edge bias R and the additive mask built by the collator (docs/method.md 3.3 and 5.3)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from llm4rec.tokenization import EntityVocab, load_tokenizer, train_bpe_tokenize
 
 
 class DenseRelation:
-    """Test oracle: all-pairs BFS on the dense bipartite graph + the SPEC formula."""
+    """Test oracle: all-pairs BFS on the dense bipartite graph + the closed form of docs/method.md 3.3."""
 
     def __init__(self, train_csr: sp.spmatrix, max_hops: int = 5) -> None:
         m = sp.csr_matrix(train_csr)

@@ -1,4 +1,4 @@
-"""Entity-aware encoding: tokenizer, prompts of SPEC section 4, truncation, caching."""
+"""Entity-aware encoding: tokenizer, prompts of docs/method.md section 4, truncation, caching."""
 
 from __future__ import annotations
 

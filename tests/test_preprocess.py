@@ -1,4 +1,4 @@
-"""Preprocess (SPEC section 2) against independent plain-Python implementations."""
+"""Preprocess (docs/method.md section 2) against independent plain-Python implementations."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def test_k_core_matches_brute_force(seed):
 
 
 def reference_preprocess(reviews: pd.DataFrame, min_rating=3.0, core=5, seed=98765, val_frac=0.1):
-    """SPEC section 2 written out as the seed code would, with dicts and loops."""
+    """docs/method.md section 2 written out as the seed code would, with dicts and loops."""
     kept = [r for r in reviews.sort_values("line").to_dict("records") if float(r["rating"]) > min_rating]
     first_user_order: dict[str, None] = {}
     for r in kept:

@@ -1,4 +1,4 @@
-"""Resumable training state beside a stage's outputs (SPEC section 1).
+"""Resumable training state beside a stage's outputs (docs/method.md 1.4).
 
 Snakemake deletes a failed job's outputs, so the state lives in ``{run}/{stage}.ckpt/``:
 ``last/`` (weights, optimizers, torch RNG, epoch, best score, patience, history) and

@@ -1,12 +1,12 @@
 """Batching: right padding and the additive edge-aware attention mask.
 
 The backbone receives a float `[B, 1, L, L]` mask = causal + padding + R, used as given by
-eager and SDPA attention (SPEC section 5). R is built from a per-pair hop class:
+eager and SDPA attention (docs/method.md 5.3). R is built from a per-pair hop class:
 
 - -1 for pairs that are not both entity tokens (R = 0),
 - the hop distance 0..max_hops, or max_hops + 1 for "farther / unreachable".
 
-In a bipartite graph an edge is exactly distance 1, so R = lut[class] with the SPEC formula.
+In a bipartite graph an edge is exactly distance 1, so R = lut[class] with the closed form of docs/method.md 3.3.
 Outside second-order prompts every prompt holds one user and that user's own train items:
 the class is then a fixed pattern by token type (same node 0, user-item 1, item-item 2),
 computed with tensor ops. Only second-order rows ask `RelationIndex` for hop distances, for
@@ -137,7 +137,7 @@ def edge_bias_matrix(
     mode: str,
     d6: int | None = None,
 ) -> torch.Tensor:
-    """R `[B, L, L]` float32 for a padded batch of node ids (SPEC section 5 variants).
+    """R `[B, L, L]` float32 for a padded batch of node ids (docs/method.md 5.4).
 
     `seed`: second-order rows exact from `index` (entity pairs on and below the diagonal,
     mirrored), other rows the by-type pattern, which is exact there; `type`: the pattern

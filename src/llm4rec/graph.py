@@ -4,7 +4,7 @@ The seed code ran Floyd-Warshall over the dense (U+I)^2 adjacency ``A`` (distanc
 the diagonal, inf when unreachable) and used ``R = minmax(A + minmax(max(6 - d, 0)))``. Every
 value of ``R`` depends only on ``d`` and on ``D6 = min(6, diameter)`` (6 when disconnected), so
 ``RelationIndex`` answers exact hop distances for the pairs a batch needs from sparse structures
-and maps them through the closed form (SPEC section 3).
+and maps them through the closed form (docs/method.md 3.3).
 
 Closed form, with ``m = 6 - D6`` and ``D6 >= 1``: the inner min-max has max 6 (the diagonal) and
 min ``m`` (the farthest pair), so it is ``(max(6-d, 0) - m) / D6``; the outer one has min 0 (the

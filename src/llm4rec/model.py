@@ -1,4 +1,4 @@
-"""Backbone loading and the edge-aware recommendation model (SPEC section 5).
+"""Backbone loading and the edge-aware recommendation model (docs/method.md section 5).
 
 One shared causal-LM backbone; a content and a collaborative side, each with its own user
 and item tables. Entity tokens are embedded from the side's tables, text tokens from the
@@ -58,7 +58,7 @@ def compute_dtype(device: torch.device, weights: torch.dtype) -> torch.dtype:
 
 
 def check_backbone_supported(config: PretrainedConfig, attn_implementation: str) -> None:
-    """Refuse what an additive float mask cannot serve exactly (SPEC section 5).
+    """Refuse what an additive float mask cannot serve exactly (docs/method.md 5.1).
 
     Flash/flex kernels ignore or reinterpret a float mask; sliding windows and ALiBi add
     their own masking or bias; soft-capping rescales the logits the bias is added to.

@@ -1,4 +1,4 @@
-"""SPEC section 2: rating filter, duplicate collapse, k-core, the seed's ids and split.
+"""docs/method.md section 2: rating filter, duplicate collapse, k-core, the seed's ids and split.
 
 Input is the canonical schema (``interim/reviews.parquet``, ``interim/items.parquet``, see
 the README); output is the processed tables every later stage reads.
@@ -86,7 +86,7 @@ def split_users(chrono: pd.DataFrame, n_users: int, val_frac: float, seed: int) 
 
 
 def clean_items(items: pd.DataFrame) -> pd.DataFrame:
-    """Last record of an asin wins; every text field cleaned alike (SPEC section 2)."""
+    """Last record of an asin wins; every text field cleaned alike (docs/method.md 2.7)."""
     items = items.sort_values("line", kind="stable").drop_duplicates("item_id", keep="last")
     out = pd.DataFrame({"item_id": items["item_id"].to_numpy()})
     for col in ("title", "brand", "description"):
@@ -97,7 +97,7 @@ def clean_items(items: pd.DataFrame) -> pd.DataFrame:
 
 def preprocess(reviews: pd.DataFrame, items: pd.DataFrame,
                settings: PreprocessSettings = PreprocessSettings()) -> dict:
-    """Return ``{"users", "items", "interactions", "stats"}`` per SPEC section 2."""
+    """Return ``{"users", "items", "interactions", "stats"}`` per docs/method.md section 2."""
     s = settings
     reviews = reviews.sort_values("line", kind="stable") if "line" in reviews else \
         reviews.assign(line=np.arange(1, len(reviews) + 1))
@@ -129,7 +129,7 @@ def preprocess(reviews: pd.DataFrame, items: pd.DataFrame,
         "rating": chrono["rating"].to_numpy(np.float64),
         "timestamp": chrono["timestamp"].astype("Int64").to_numpy(),
         "split": pd.Categorical(chrono["split"], categories=["train", "val", "test"]),
-        # Review texts of val/test pairs never reach training (SPEC section 2).
+        # Review texts of val/test pairs never reach training (docs/method.md 2.7).
         "review_text": [clean_text(t) if tr else None for t, tr in zip(review_text, is_train)],
     })
 

@@ -1,4 +1,4 @@
-"""Building and encoding the examples of SPEC section 4.
+"""Building and encoding the examples of docs/method.md section 4.
 
 An example is one sequence: prompt then main text, no inner padding. Entity tokens are
 placed by the builder as ids (`EntityVocab`); only free text and the constant template
@@ -32,7 +32,7 @@ KIND_NAMES: tuple[str, ...] = (
     "eval",
 )
 KIND: dict[str, int] = {name: k for k, name in enumerate(KIND_NAMES)}
-# Kinds whose entity pairs have graph distances that vary (SPEC section 3): only these need
+# Kinds whose entity pairs have graph distances that vary (docs/method.md 3.7): only these need
 # `RelationIndex`; every other prompt holds one user and that user's own train items.
 GRAPH_KINDS: frozenset[int] = frozenset({KIND["so_brand"], KIND["so_category"]})
 CONTENT_KINDS: frozenset[int] = frozenset(KIND[k] for k in KIND_NAMES[:7])

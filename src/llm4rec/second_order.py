@@ -1,4 +1,4 @@
-"""Second-order connection groups: items that share a brand or a category (SPEC section 3).
+"""Second-order connection groups: items that share a brand or a category (docs/method.md 3.8).
 
 Groups come from item metadata only (no interactions, so nothing from val/test can leak in):
 

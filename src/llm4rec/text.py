@@ -1,4 +1,4 @@
-"""Cleaning of free-text fields (SPEC section 2): one rule for every field."""
+"""Cleaning of free-text fields (docs/method.md 2.3): one rule for every field."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Free text goes through a subword tokenizer; user and item tokens never do. They map
 straight to ids past the backbone's input-embedding size (`vocab + u`, `vocab + U + i`)
-so that no merge rule can split them and no review text can forge them (SPEC section 4).
+so that no merge rule can split them and no review text can forge them (docs/method.md 4.2).
 """
 
 from __future__ import annotations

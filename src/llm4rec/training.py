@@ -1,4 +1,4 @@
-"""Pre-training, fine-tuning and evaluation (SPEC sections 6-7), under `accelerate`.
+"""Pre-training, fine-tuning and evaluation (docs/method.md sections 6-7), under `accelerate`.
 
 One process or several (one per GPU, or `--multi_gpu` CPU processes for tests): every
 global batch is the same list of examples whatever the process count; each process takes
@@ -417,7 +417,7 @@ def _setup(paths: StagePaths, settings: dict, threads: int | None):
 
 def pretrain_schedule(p: dict) -> list[tuple[str, bool]]:
     """(kind, regularize) per pre-training epoch: content first, then collaborative epochs
-    with a content epoch after every `content_every`-th (SPEC section 6)."""
+    with a content epoch after every `content_every`-th (docs/method.md 6.2)."""
     plan = [("content", False)] * p["content_epochs"]
     for e in range(1, p["collab_epochs"] + 1):
         plan.append(("collab", True))
@@ -488,7 +488,7 @@ def finetune(paths: StagePaths, settings: dict, fingerprint: str, threads: int |
     acc, data, index, tokenizer = _setup(paths, settings, threads)
     model = EdgeAwareRecModel.load(paths.pretrained, attn_implementation=m["attn_implementation"],
                                    gradient_checkpointing=bool(m.get("gradient_checkpointing", False)))
-    # Content tables are regularization targets only (SPEC section 6).
+    # Content tables are regularization targets only (docs/method.md 6.3).
     for side_table in ("content_user", "content_item"):
         model.tables[side_table].weight.requires_grad_(False)
     max_len = max_length(model, m)

@@ -1,4 +1,4 @@
-"""Baselines on the same split and metrics, fitted on train only (SPEC section 7)."""
+"""Baselines on the same split and metrics, fitted on train only (docs/method.md 7.5)."""
 
 
 include: "baselines_common.smk"

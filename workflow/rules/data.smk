@@ -1,4 +1,4 @@
-"""Data stages: download, convert (or import local data), preprocess (SPEC sections 1-2)."""
+"""Data stages: download, convert (or import local data), preprocess (docs/method.md sections 1-2)."""
 
 
 localrules:

@@ -1,4 +1,4 @@
-"""Graph stages: relation index over train edges, second-order groups (SPEC section 3)."""
+"""Graph stages: relation index over train edges, second-order groups (docs/method.md section 3)."""
 
 
 rule relation_matrix:

@@ -1,4 +1,4 @@
-"""Model stages: tokenizer, encoded examples, pretrain, finetune, evaluate (SPEC sections 4-7)."""
+"""Model stages: tokenizer, encoded examples, pretrain, finetune, evaluate (docs/method.md sections 4-7)."""
 
 
 wildcard_constraints:

@@ -1,4 +1,4 @@
-"""Filter, k-core, ids and split (SPEC section 2)."""
+"""Filter, k-core, ids and split (docs/method.md section 2)."""
 
 from pathlib import Path
 

@@ -1,4 +1,4 @@
-"""Build the relation index over train edges and its statistics (SPEC section 3)."""
+"""Build the relation index over train edges and its statistics (docs/method.md section 3)."""
 
 import json
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""Brand and category groups for second-order prompts (SPEC section 3)."""
+"""Brand and category groups for second-order prompts (docs/method.md 3.8)."""
 
 import pandas as pd
 
