@@ -1,12 +1,13 @@
 # Set-up lives here so the README's two commands work on a fresh clone:
 #   make demo   runs the workflow on the embedded demo (snakemake --cores all)
 #   make test   runs the test suite
+#   make lint   ruff, snakefmt and snakemake --lint (CI runs it first)
 VENV ?= .venv
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 CORES ?= all
 
-.PHONY: setup demo test report clean-results
+.PHONY: setup demo test lint report clean-results
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +27,13 @@ report: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest
+
+# Settings in pyproject.toml ([tool.ruff], [tool.snakefmt]); CI runs this before the tests.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/snakefmt --check Snakefile workflow/rules
+	$(VENV)/bin/snakemake --lint
 
 clean-results:
 	rm -rf results logs benchmarks .snakemake report.html

@@ -10,16 +10,17 @@ from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
-SRC = Path(workflow.basedir) / "src"
-sys.path.insert(0, str(SRC))
-# Jobs (local, conda or SLURM) import the library from this checkout, and shell jobs find
-# the Python (and `accelerate`) that runs Snakemake unless a conda environment comes first.
+# Shell jobs find the Python (and `accelerate`) that runs Snakemake unless a conda
+# environment comes first, and launch.sh by $LLM4REC_SCRIPTS. The library is the installed
+# package (`make setup`: an editable install of src/; envs/llm4rec.yaml for conda jobs).
 os.environ.update(PATH=os.pathsep.join([str(Path(sys.executable).parent), os.getenv("PATH", "")]))
 os.environ.update(LLM4REC_SCRIPTS=str(Path(workflow.basedir) / "workflow" / "scripts"))
-os.environ.update(PYTHONPATH=os.pathsep.join([str(SRC), *os.getenv("PYTHONPATH", "").split(os.pathsep)]).rstrip(os.pathsep))
 
-import llm4rec  # noqa: E402  (after the path set-up above)
-from llm4rec import config_check  # noqa: E402
+try:
+    import llm4rec
+except ModuleNotFoundError:
+    raise WorkflowError("the llm4rec library is not installed: run `make setup` (or `pip install -e .`)") from None
+from llm4rec import config_check
 
 
 configfile: "config.yaml"
@@ -47,6 +48,6 @@ include: "workflow/rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         all_targets(),
-    default_target: True

@@ -32,14 +32,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from llm4rec.collate import EdgeAwareCollator  # noqa: E402
+from llm4rec.encoding import build_collab_examples  # noqa: E402
 from llm4rec.graph import RelationIndex  # noqa: E402
 from llm4rec.model import EdgeAwareRecModel, build_tiny_backbone  # noqa: E402
-from llm4rec.prompts import build_collab_examples  # noqa: E402
 from llm4rec.tokenization import EntityVocab, load_tokenizer, train_bpe_tokenizer  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 from bench_bias import power_law_graph  # noqa: E402
-
 
 GPT2_SMALL = {"n_layer": 12, "n_embd": 768, "n_head": 12, "n_positions": 1024, "vocab": 50257}
 PRECISIONS = ("float32", "bfloat16", "bf16-autocast")
@@ -66,21 +65,41 @@ def time_steps(model: EdgeAwareRecModel, batch: dict, steps: int, autocast: bool
         times.append(time.perf_counter() - t0)
     n_tokens = int(batch["lengths"].sum())
     med = float(np.median(times))
-    return {"step_median_s": med, "tokens_per_s": n_tokens / med, "tokens": n_tokens,
-            "shape": list(batch["input_ids"].shape), "first_loss": losses[0]}
+    return {
+        "step_median_s": med,
+        "tokens_per_s": n_tokens / med,
+        "tokens": n_tokens,
+        "shape": list(batch["input_ids"].shape),
+        "first_loss": losses[0],
+    }
 
 
 def precision_table(args, index, train, tok, n_users: int, n_items: int) -> list[dict]:
     """tiny and GPT-2-small, float32 vs bfloat16 weights vs bf16 autocast (SDPA)."""
-    shapes = {"tiny": {"n_layer": args.n_layer, "n_embd": args.n_embd, "n_head": args.n_head,
-                       "n_positions": args.n_positions, "vocab": args.vocab}, "gpt2-124M": GPT2_SMALL}
+    shapes = {
+        "tiny": {
+            "n_layer": args.n_layer,
+            "n_embd": args.n_embd,
+            "n_head": args.n_head,
+            "n_positions": args.n_positions,
+            "vocab": args.vocab,
+        },
+        "gpt2-124M": GPT2_SMALL,
+    }
     rows = []
     for name, g in shapes.items():
         for precision in PRECISIONS:
             torch.manual_seed(0)
             dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
-            backbone = build_tiny_backbone(g["vocab"], g["n_layer"], g["n_embd"], g["n_head"], g["n_positions"],
-                                           attn_implementation="sdpa", dtype=dtype)
+            backbone = build_tiny_backbone(
+                g["vocab"],
+                g["n_layer"],
+                g["n_embd"],
+                g["n_head"],
+                g["n_positions"],
+                attn_implementation="sdpa",
+                dtype=dtype,
+            )
             model = EdgeAwareRecModel(backbone, n_users, n_items).train()
             ev = EntityVocab(model.vocab, n_users, n_items)
             ex = build_collab_examples(train, tok, ev, g["n_positions"])
@@ -114,7 +133,9 @@ def main() -> None:
     index = RelationIndex(m, max_hops=5)
     train = [np.sort(rng.choice(n_items, size=args.items, replace=False)) for _ in range(args.batch)]
     with tempfile.TemporaryDirectory() as d:
-        train_bpe_tokenizer(iter(["user has interacted with, will interact with"] * 20), d, vocab_size=300, min_frequency=1)
+        train_bpe_tokenizer(
+            iter(["user has interacted with, will interact with"] * 20), d, vocab_size=300, min_frequency=1
+        )
         tok = load_tokenizer(d)
     machine = f"{platform.machine()} torch {torch.__version__}, threads={args.threads}"
     if args.precision:
@@ -142,12 +163,17 @@ def main() -> None:
         ex = build_collab_examples(train, tok, ev, args.n_positions)
         batch = EdgeAwareCollator(ev, index, "seed")([ex[n] for n in range(len(ex))])
         results.append({"attn": attn, **time_steps(model, batch, args.steps, autocast=False)})
-    print(json.dumps({
-        "machine": machine,
-        "config": vars(args),
-        "results": results,
-        "sdpa_over_eager": results[1]["tokens_per_s"] / results[0]["tokens_per_s"],
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "machine": machine,
+                "config": vars(args),
+                "results": results,
+                "sdpa_over_eager": results[1]["tokens_per_s"] / results[0]["tokens_per_s"],
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

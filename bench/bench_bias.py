@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from llm4rec.collate import EdgeAwareCollator, edge_bias_matrix  # noqa: E402
+from llm4rec.encoding import build_content_examples, build_finetune_examples  # noqa: E402
 from llm4rec.graph import RelationIndex  # noqa: E402
-from llm4rec.prompts import build_content_examples, build_finetune_examples  # noqa: E402
 from llm4rec.tokenization import EntityVocab, load_tokenizer, train_bpe_tokenizer  # noqa: E402
 
 
@@ -100,7 +100,7 @@ def bench_batch(name: str, examples: list[dict], ev: EntityVocab, index: Relatio
     ref = triple_loop(nodes.numpy(), index)
     t_ref = time.perf_counter() - t0
     ent = nodes >= 0
-    n_pairs = int(((ent[:, :, None] & ent[:, None, :]).sum()))
+    n_pairs = int((ent[:, :, None] & ent[:, None, :]).sum())
     hops = None
     if name == "second_order":
         a, b = np.nonzero(ent.numpy())
@@ -141,7 +141,9 @@ def main() -> None:
     index = RelationIndex(m, max_hops=5)
     t_index = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as d:
-        corpus = ["These items have the same brand: Acme Home and Kitchen, user has interacted with, will interact with"] * 50
+        corpus = [
+            "These items have the same brand: Acme Home and Kitchen, user has interacted with, will interact with"
+        ] * 50
         train_bpe_tokenizer(iter(corpus), d, vocab_size=500, min_frequency=1)
         tok = load_tokenizer(d)
     ev = EntityVocab(len(tok), m.shape[0], m.shape[1])
@@ -153,8 +155,15 @@ def main() -> None:
     ft_ex = build_finetune_examples(train, tok, ev, 1024, seed=0, epoch=0)
 
     results = {
-        "machine": f"{platform.machine()} {platform.processor() or ''} torch {torch.__version__}, threads={args.threads}",
-        "graph": {"users": m.shape[0], "items": m.shape[1], "edges": int(m.nnz), "d6": index.d6, "index_build_s": t_index},
+        "machine": f"{platform.machine()} {platform.processor() or ''} torch {torch.__version__}, "
+        f"threads={args.threads}",
+        "graph": {
+            "users": m.shape[0],
+            "items": m.shape[1],
+            "edges": int(m.nnz),
+            "d6": index.d6,
+            "index_build_s": t_index,
+        },
         "runs": [
             bench_batch("second_order", [so_ex[n] for n in range(len(so_ex))], ev, index, args.repeats),
             bench_batch("finetune", [ft_ex[n] for n in range(len(ft_ex))], ev, index, args.repeats),

@@ -24,10 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-WORDS = [
-    "".join(random.Random(i).choices("abcdefghijklmnopqrstuvwxyz", k=3 + i % 8))
-    for i in range(3000)
-]
+WORDS = ["".join(random.Random(i).choices("abcdefghijklmnopqrstuvwxyz", k=3 + i % 8)) for i in range(3000)]
 
 
 def generate(path: Path, n_lines: int, seed: int = 0) -> int:
@@ -96,9 +93,18 @@ def main() -> None:
             raw_bytes = generate(raw, n)
             gen_s = time.perf_counter() - t0
             out = subprocess.run(
-                [sys.executable, __file__, "--worker", str(raw), str(Path(tmp) / f"out_{n}"),
-                 "--chunk-rows", str(args.chunk_rows)],
-                check=True, capture_output=True, text=True,
+                [
+                    sys.executable,
+                    __file__,
+                    "--worker",
+                    str(raw),
+                    str(Path(tmp) / f"out_{n}"),
+                    "--chunk-rows",
+                    str(args.chunk_rows),
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
             )
             result = json.loads(out.stdout.strip().splitlines()[-1])
             result.update(
@@ -109,14 +115,17 @@ def main() -> None:
             results.append(result)
             print(json.dumps(result), file=sys.stderr)
             raw.unlink()
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, "
-          f"Python {platform.python_version()}, chunk_rows {args.chunk_rows}")
-    print("| lines | avg bytes/line | gzip MiB | seconds | lines/s | RSS after import MiB "
-          "| peak RSS MiB |")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}, chunk_rows {args.chunk_rows}"
+    )
+    print("| lines | avg bytes/line | gzip MiB | seconds | lines/s | RSS after import MiB | peak RSS MiB |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in results:
-        print(f"| {r['lines']:,} | {r['avg_line_bytes']} | {r['gz_mib']} | {r['seconds']} | "
-              f"{r['lines_per_s']:,} | {r['rss_after_import_mib']} | {r['peak_rss_mib']} |")
+        print(
+            f"| {r['lines']:,} | {r['avg_line_bytes']} | {r['gz_mib']} | {r['seconds']} | "
+            f"{r['lines_per_s']:,} | {r['rss_after_import_mib']} | {r['peak_rss_mib']} |"
+        )
 
 
 if __name__ == "__main__":

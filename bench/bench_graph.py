@@ -46,16 +46,16 @@ def uniform_graph(n_users: int, n_items: int, n_edges: int, seed: int = 0) -> sp
     """Uniform random edges: a connected graph of diameter below 6, so D6 needs the exact
     all-source BFS (the path small dense graphs such as Magazine with val/test edges take)."""
     rng = np.random.default_rng(seed)
-    m = sp.csr_matrix((np.ones(n_edges, dtype=np.int8),
-                       (rng.integers(0, n_users, n_edges), rng.integers(0, n_items, n_edges))),
-                      shape=(n_users, n_items))
+    m = sp.csr_matrix(
+        (np.ones(n_edges, dtype=np.int8), (rng.integers(0, n_users, n_edges), rng.integers(0, n_items, n_edges))),
+        shape=(n_users, n_items),
+    )
     m.sum_duplicates()
     m.data[:] = 1
     return m
 
 
-def power_law_graph(n_users: int, n_items: int, n_edges: int,
-                    seed: int = 0) -> tuple[sp.csr_matrix, pd.DataFrame]:
+def power_law_graph(n_users: int, n_items: int, n_edges: int, seed: int = 0) -> tuple[sp.csr_matrix, pd.DataFrame]:
     """Users with heavy-tailed activity (at least 3 edges), items with Pareto popularity (and
     two random users each), 70% of a user's draws inside a home cluster of 60 items: hubs, long
     tails and locality. The edge count lands within a few percent of ``n_edges``.
@@ -90,12 +90,24 @@ def power_law_graph(n_users: int, n_items: int, n_edges: int,
     home_brand = cluster * 8 + rng.integers(0, 8, n_items)
     brand = np.where(rng.random(n_items) < 0.8, home_brand, rng.integers(0, n_brands, n_items))
     top = cluster % 7
-    meta = pd.DataFrame({
-        "iid": np.arange(n_items),
-        "brand": [f"Brand {b}" for b in brand],
-        "categories": [["Beauty", f"Top {t}", f"Leaf {c}"] for t, c in zip(top, cluster)],
-    })
+    meta = pd.DataFrame(
+        {
+            "iid": np.arange(n_items),
+            "brand": [f"Brand {b}" for b in brand],
+            "categories": [["Beauty", f"Top {t}", f"Leaf {c}"] for t, c in zip(top, cluster)],
+        }
+    )
     return m, meta
+
+
+def demo_train_matrix() -> sp.csr_matrix:
+    """The train split of Beauty-sized generated data (the demo generator through the real
+    preprocess) as a users x items CSR matrix."""
+    from llm4rec.demo import beauty_sized, processed_interactions
+    from llm4rec.preprocess import interaction_matrix
+
+    out = processed_interactions(beauty_sized(1))
+    return interaction_matrix(out["interactions"], out["stats"]["users"], out["stats"]["items"])
 
 
 def _peak_rss_gb() -> float:
@@ -119,8 +131,7 @@ def run_one(size: str, data: Path, work: Path) -> dict:
     t = time.perf_counter()
     idx = RelationIndex(csr)
     res["build_s"] = time.perf_counter() - t
-    res.update(d6=idx.d6, hubs=int(len(idx._hubs)), c_nnz=int(idx._c.nnz),
-               diameter=idx.diameter_info)
+    res.update(d6=idx.d6, hubs=int(len(idx._hubs)), c_nnz=int(idx._c.nnz), diameter=idx.diameter_info)
     t = time.perf_counter()
     idx.save(work)
     res["save_s"] = time.perf_counter() - t
@@ -226,8 +237,11 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="append JSON lines here")
     args = ap.parse_args()
     if args.one:
-        res = run_dense(Path(args.data), Path(args.meta)) if args.one == "dense3000" else \
-            run_one(args.one, Path(args.data), Path(args.work))
+        res = (
+            run_dense(Path(args.data), Path(args.meta))
+            if args.one == "dense3000"
+            else run_one(args.one, Path(args.data), Path(args.work))
+        )
         print(json.dumps(res))
         return
     print(f"# {platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}", file=sys.stderr)
@@ -238,8 +252,7 @@ def main() -> None:
             t = time.perf_counter()
             if size == "beauty_demo":
                 try:
-                    from llm4rec.demo import beauty_sized, train_matrix
-                    m, _ = train_matrix(beauty_sized(1))
+                    m = demo_train_matrix()
                 except Exception as exc:  # the demo module is optional here
                     print(json.dumps({"size": size, "skipped": repr(exc)}))
                     continue
@@ -252,8 +265,18 @@ def main() -> None:
             gen_s = time.perf_counter() - t
             _save_csr(m, data)
             del m
-            cmd = [sys.executable, __file__, "--one", size, "--data", str(data), "--meta", str(meta_path),
-                   "--work", str(tmp_p / "graph")]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--one",
+                size,
+                "--data",
+                str(data),
+                "--meta",
+                str(meta_path),
+                "--work",
+                str(tmp_p / "graph"),
+            ]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True)
             res = json.loads(out.stdout.strip().splitlines()[-1])
             res["generate_s"] = gen_s

@@ -19,12 +19,14 @@ import torch
 
 from llm4rec import demo
 from llm4rec.collate import EdgeAwareCollator
+from llm4rec.encoding import build_finetune_examples
+from llm4rec.evaluation import Scorer, evaluate_split
 from llm4rec.graph import build_relation_index
-from llm4rec.metrics import split_matrices
 from llm4rec.model import EdgeAwareRecModel, build_tiny_backbone
-from llm4rec.prompts import build_finetune_examples, train_items_by_user
+from llm4rec.preprocess import Processed
+from llm4rec.stage import make_accelerator
 from llm4rec.tokenization import pad_token_id, train_bpe_tokenizer
-from llm4rec.training import Data, Scorer, _epoch, _Steps, evaluate_split, make_accelerator
+from llm4rec.training import _epoch, _Steps
 
 
 def main() -> None:
@@ -38,8 +40,7 @@ def main() -> None:
     out = demo.processed_interactions(demo.beauty_sized(args.scale))
     inter, items = out["interactions"], out["items"]
     n_users, n_items = out["stats"]["users"], out["stats"]["items"]
-    data = Data(n_users, n_items, inter[["uid", "iid", "split"]], train_items_by_user(inter, n_users),
-                split_matrices(inter, n_users, n_items))
+    data = Processed(n_users, n_items, inter[["uid", "iid", "split"]])
     texts = [b for b in items["brand"].dropna()] + [", ".join(c) for c in items["categories"]]
     with tempfile.TemporaryDirectory() as tmp:
         tok = train_bpe_tokenizer(texts + ["has interacted with, will interact with"] * 10, Path(tmp), 2000)
@@ -59,13 +60,24 @@ def main() -> None:
     t2 = time.time()
     res = evaluate_split(scorer, data, "test", acc)
     eval_s = time.time() - t2
-    print(json.dumps({
-        "users": n_users, "items": n_items, "train_edges": int((inter["split"] == "train").sum()),
-        "threads": args.threads, "data_prep_s": round(prep, 1), "finetune_examples_s": round(build, 2),
-        "finetune_epoch_s": round(row["seconds"], 1), "finetune_steps": int(np.ceil(len(examples) / 32)),
-        "eval_users": res["metrics"]["users"], "eval_s": round(eval_s, 2),
-        "eval_users_per_s": round(res["metrics"]["users"] / eval_s, 1),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "users": n_users,
+                "items": n_items,
+                "train_edges": int((inter["split"] == "train").sum()),
+                "threads": args.threads,
+                "data_prep_s": round(prep, 1),
+                "finetune_examples_s": round(build, 2),
+                "finetune_epoch_s": round(row["seconds"], 1),
+                "finetune_steps": int(np.ceil(len(examples) / 32)),
+                "eval_users": res["metrics"]["users"],
+                "eval_s": round(eval_s, 2),
+                "eval_users_per_s": round(res["metrics"]["users"] / eval_s, 1),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

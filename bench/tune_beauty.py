@@ -20,7 +20,8 @@ from pathlib import Path
 
 import yaml
 
-from llm4rec.training import StagePaths, finetune, pretrain
+from llm4rec.stage import RunSettings, StagePaths
+from llm4rec.training import finetune, pretrain
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,24 +60,48 @@ def main() -> None:
     d = REPO / "results" / ds
     run = d / "tune" / args.name
     run.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
-                        handlers=[logging.FileHandler(run / "log.txt"), logging.StreamHandler()])
-    settings = {"seed": args.seed, "model": {**cfg["model"], **cfg["variants"][args.variant]},
-                "pretrain": cfg["pretrain"], "finetune": cfg["finetune"], "evaluate": cfg["evaluate"],
-                "data_seed": cfg["data_seed"]}
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(message)s",
+        handlers=[logging.FileHandler(run / "log.txt"), logging.StreamHandler()],
+    )
+    settings = {
+        "seed": args.seed,
+        "model": {**cfg["model"], **cfg["variants"][args.variant]},
+        "pretrain": cfg["pretrain"],
+        "finetune": cfg["finetune"],
+        "evaluate": cfg["evaluate"],
+        "data_seed": cfg["data_seed"],
+    }
     (run / "settings.json").write_text(json.dumps(settings, indent=2))
+    typed = RunSettings.from_dict(settings)
     common = dict(processed=d / "processed", graph=d / "graph" / "relation", tokenizer=d / "tokenizer")
     t0 = time.time()
     if not (run / "pretrain" / "model.safetensors").is_file():
-        pretrain(StagePaths(**common, out=run / "pretrain", ckpt=run / "pretrain.ckpt",
-                            content=d / "encoded" / "content.npz"), settings, "tune", args.threads)
+        pretrain(
+            StagePaths(
+                **common, out=run / "pretrain", ckpt=run / "pretrain.ckpt", content=d / "encoded" / "content.npz"
+            ),
+            typed,
+            "tune",
+            args.threads,
+        )
     t1 = time.time()
-    finetune(StagePaths(**common, out=run / "finetune", ckpt=run / "finetune.ckpt",
-                        pretrained=run / "pretrain"), settings, "tune", args.threads)
+    finetune(
+        StagePaths(**common, out=run / "finetune", ckpt=run / "finetune.ckpt", pretrained=run / "pretrain"),
+        typed,
+        "tune",
+        args.threads,
+    )
     t2 = time.time()
     best = json.loads((run / "finetune" / "best.json").read_text())
-    summary = {"name": args.name, "sets": args.set, "pretrain_min": round((t1 - t0) / 60, 1),
-               "finetune_min": round((t2 - t1) / 60, 1), **best}
+    summary = {
+        "name": args.name,
+        "sets": args.set,
+        "pretrain_min": round((t1 - t0) / 60, 1),
+        "finetune_min": round((t2 - t1) / 60, 1),
+        **best,
+    }
     (run / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary))
 

@@ -17,10 +17,16 @@ BIN = Path(sys.executable).parent
 
 def copy_checkout(dest: Path) -> Path:
     """Copy what a fresh clone would hold (tracked and untracked, not ignored files)."""
-    files = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO, check=True, capture_output=True,
-    ).stdout.decode().split("\0")
+    files = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for rel in filter(None, files):
         src = REPO / rel
         if src.is_file():
@@ -29,13 +35,18 @@ def copy_checkout(dest: Path) -> Path:
     return dest
 
 
-def snakemake(cwd: Path, *args: str, check: bool = True, timeout: float = 1800, env: dict | None = None) -> subprocess.CompletedProcess:
+def snakemake(
+    cwd: Path, *args: str, check: bool = True, timeout: float = 1800, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """Run the venv's snakemake in ``cwd``; on failure show its output."""
     cmd = [str(BIN / "snakemake"), *args]
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    proc = subprocess.run(
+        cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}"
+        )
     return proc
 
 
@@ -55,6 +66,18 @@ def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:
 
 
 @pytest.fixture(scope="session")
+def tok(tmp_path_factory):
+    """A small BPE tokenizer trained on the prompts' template words (model and backbone tests)."""
+    from llm4rec.tokenization import load_tokenizer, train_bpe_tokenizer
+
+    d = tmp_path_factory.mktemp("tok")
+    corpus = ["These items have the same brand: Acme. They are all in the category: Home"] * 10
+    corpus += ["user wrote the following review for it: great product; has interacted with, will interact with"] * 10
+    train_bpe_tokenizer(iter(corpus), d, vocab_size=300, min_frequency=1)
+    return load_tokenizer(d)
+
+
+@pytest.fixture(scope="session")
 def checkout(tmp_path_factory) -> Path:
     """A fresh copy of the checkout, shared by the workflow tests that only read it."""
     return copy_checkout(tmp_path_factory.mktemp("checkout"))
@@ -63,15 +86,24 @@ def checkout(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def demo_data(checkout: Path) -> Path:
     """The demo through the data and graph stages (run once per session)."""
-    snakemake(checkout, "--cores", "2", "results/demo/processed/stats.json",
-              "results/demo/graph/stats.json", "results/demo/graph/second_order.parquet")
+    snakemake(
+        checkout,
+        "--cores",
+        "2",
+        "results/demo/processed/stats.json",
+        "results/demo/graph/stats.json",
+        "results/demo/graph/second_order.parquet",
+    )
     return checkout / "results" / "demo"
 
 
 @pytest.fixture(scope="session")
 def demo_run(demo_data: Path, checkout: Path) -> Path:
-    """The README's main command (`snakemake --cores all`) on the demo, run once per session."""
-    snakemake(checkout, "--cores", "all")
+    """The README's main command (`snakemake --cores all`) on the demo, run once per session.
+
+    About 10 minutes on 2 quiet cores; the hour allows for a machine shared with other work.
+    """
+    snakemake(checkout, "--cores", "all", timeout=3600)
     return checkout
 
 

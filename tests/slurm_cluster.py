@@ -32,7 +32,8 @@ def unavailable() -> str | None:
 
 def _which(name: str) -> str | None:
     return shutil.which(name) or next(
-        (str(p) for p in (Path("/usr/sbin") / name, Path("/sbin") / name) if p.exists()), None)
+        (str(p) for p in (Path("/usr/sbin") / name, Path("/sbin") / name) if p.exists()), None
+    )
 
 
 def _free_port() -> int:
@@ -58,6 +59,7 @@ def write_config(root: Path, cpus: int | None = None, mem_mb: int | None = None)
     name, real_cpus, real_mem = _node()
     for sub in ("state", "spool", "log", "run"):
         (root / sub).mkdir(parents=True, exist_ok=True)
+    node_cpus, node_mem = max(real_cpus, cpus or 1), max(real_mem, mem_mb or 1)
     conf = root / "slurm.conf"
     conf.write_text(f"""\
 ClusterName=llm4rec-ci
@@ -66,15 +68,15 @@ SlurmctldPort={_free_port()}
 SlurmdPort={_free_port()}
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket={root / 'run' / 'munge.socket'}
+AuthInfo=socket={root / "run" / "munge.socket"}
 SlurmUser=root
 SlurmdUser=root
-StateSaveLocation={root / 'state'}
-SlurmdSpoolDir={root / 'spool'}
-SlurmctldPidFile={root / 'run' / 'slurmctld.pid'}
-SlurmdPidFile={root / 'run' / 'slurmd.pid'}
-SlurmctldLogFile={root / 'log' / 'slurmctld.log'}
-SlurmdLogFile={root / 'log' / 'slurmd.log'}
+StateSaveLocation={root / "state"}
+SlurmdSpoolDir={root / "spool"}
+SlurmctldPidFile={root / "run" / "slurmctld.pid"}
+SlurmdPidFile={root / "run" / "slurmd.pid"}
+SlurmctldLogFile={root / "log" / "slurmctld.log"}
+SlurmdLogFile={root / "log" / "slurmd.log"}
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 MpiDefault=none
@@ -89,7 +91,7 @@ SlurmdParameters=config_overrides
 SchedulerParameters=sched_interval=1
 MinJobAge=3600
 MessageTimeout=30
-NodeName={name} NodeAddr=127.0.0.1 CPUs={max(real_cpus, cpus or 1)} RealMemory={max(real_mem, mem_mb or 1)} State=UNKNOWN
+NodeName={name} NodeAddr=127.0.0.1 CPUs={node_cpus} RealMemory={node_mem} State=UNKNOWN
 PartitionName=ci Nodes={name} Default=YES MaxTime=INFINITE State=UP
 """)
     return conf
@@ -129,23 +131,42 @@ def local_cluster(root: Path, cpus: int | None = None, mem_mb: int | None = None
     procs: list[subprocess.Popen] = []
 
     def start(*cmd: str, out: str) -> None:
-        procs.append(subprocess.Popen(cmd, env=env, stdout=(log / out).open("w"), stderr=subprocess.STDOUT,
-                                      start_new_session=True))
+        procs.append(
+            subprocess.Popen(
+                cmd, env=env, stdout=(log / out).open("w"), stderr=subprocess.STDOUT, start_new_session=True
+            )
+        )
 
     def sinfo_idle() -> bool:
         proc = subprocess.run(["sinfo", "-h", "-o", "%t"], env=env, capture_output=True, text=True)
         return proc.returncode == 0 and proc.stdout.strip() in ("idle", "mix")
 
     try:
-        start(_which("munged"), "-F", "--force", f"--socket={root / 'run' / 'munge.socket'}",
-              f"--key-file={key}", f"--pid-file={root / 'run' / 'munged.pid'}",
-              f"--log-file={log / 'munged.log'}", f"--seed-file={root / 'run' / 'munged.seed'}",
-              out="munged.out")
-        _wait(lambda: (root / "run" / "munge.socket").exists(), timeout, "munged", [log / "munged.out", log / "munged.log"])
+        start(
+            _which("munged"),
+            "-F",
+            "--force",
+            f"--socket={root / 'run' / 'munge.socket'}",
+            f"--key-file={key}",
+            f"--pid-file={root / 'run' / 'munged.pid'}",
+            f"--log-file={log / 'munged.log'}",
+            f"--seed-file={root / 'run' / 'munged.seed'}",
+            out="munged.out",
+        )
+        _wait(
+            lambda: (root / "run" / "munge.socket").exists(),
+            timeout,
+            "munged",
+            [log / "munged.out", log / "munged.log"],
+        )
         start(_which("slurmctld"), "-D", "-i", "-f", str(conf), out="slurmctld.out")
         start(_which("slurmd"), "-D", "-f", str(conf), out="slurmd.out")
-        _wait(sinfo_idle, timeout, "node",
-              [log / f for f in ("slurmctld.out", "slurmctld.log", "slurmd.out", "slurmd.log")])
+        _wait(
+            sinfo_idle,
+            timeout,
+            "node",
+            [log / f for f in ("slurmctld.out", "slurmctld.log", "slurmd.out", "slurmd.log")],
+        )
         yield client
     finally:
         if len(procs) == 3:  # jobs still running (a failed test) end with the cluster

@@ -21,23 +21,14 @@ from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Qwen2Con
 
 from llm4rec.checkpoint import Checkpoint, TrainingState
 from llm4rec.collate import EdgeAwareCollator
+from llm4rec.encoding import build_collab_examples, build_content_examples, build_eval_examples, build_finetune_examples
 from llm4rec.graph import RelationIndex
 from llm4rec.model import EdgeAwareRecModel, load_backbone
-from llm4rec.prompts import build_collab_examples, build_content_examples, build_eval_examples, build_finetune_examples
-from llm4rec.tokenization import load_tokenizer, train_bpe_tokenizer
+from llm4rec.tokenization import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 N_USERS, N_ITEMS = 6, 6
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tok")
-    corpus = ["These items have the same brand: Acme. They are all in the category: Home"] * 10
-    corpus += ["user wrote the following review for it: great product; has interacted with, will interact with"] * 10
-    train_bpe_tokenizer(iter(corpus), d, vocab_size=300, min_frequency=1)
-    return load_tokenizer(d)
 
 
 def path_graph(n: int) -> sp.csr_matrix:
@@ -56,10 +47,29 @@ def graph():
 def tiny_config(arch: str, vocab: int):
     """2 layers, hidden 64: the architecture's own blocks at test size."""
     if arch == "gpt2":
-        return GPT2Config(vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=128,
-                          embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0, bos_token_id=0, eos_token_id=0)
-    common = dict(vocab_size=vocab, bos_token_id=0, eos_token_id=0, hidden_size=64, intermediate_size=128,
-                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+        return GPT2Config(
+            vocab_size=vocab,
+            n_embd=64,
+            n_layer=2,
+            n_head=4,
+            n_positions=128,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            resid_pdrop=0.0,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
+    common = dict(
+        vocab_size=vocab,
+        bos_token_id=0,
+        eos_token_id=0,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
     if arch == "llama":
         return LlamaConfig(**common)
     return Qwen2Config(**common, use_sliding_window=False, tie_word_embeddings=True)
@@ -82,18 +92,21 @@ def train_items(m):
 def step_batches(tok, ev, m, idx, edge_bias="seed"):
     col = EdgeAwareCollator(ev, idx, edge_bias)
     items = pd.DataFrame({"iid": [0, 1], "title": ["Acme Home", None]})
-    inter = pd.DataFrame({"uid": [0, 1], "iid": [0, 1], "split": ["train", "train"],
-                          "review_text": ["great product", "great"]})
+    inter = pd.DataFrame(
+        {"uid": [0, 1], "iid": [0, 1], "split": ["train", "train"], "review_text": ["great product", "great"]}
+    )
     so = pd.DataFrame({"kind": ["brand"], "value": ["Acme"], "item_ids": [[0, 1, 2, 3, 5]]})
     content = build_content_examples(items, inter, so, tok, ev, 64)
     tr = train_items(m)
     collab = build_collab_examples(tr, tok, ev, 64)
     ft = build_finetune_examples(tr, tok, ev, 64, seed=0, epoch=0)
     ev_ex = build_eval_examples(tr, tok, ev, 64)
-    return {"content": col([content[n] for n in range(len(content))]),
-            "collab": col([collab[1], collab[4]]),
-            "finetune": col([ft[0], ft[3]]),
-            "eval": col([ev_ex[n] for n in range(3)])}
+    return {
+        "content": col([content[n] for n in range(len(content))]),
+        "collab": col([collab[1], collab[4]]),
+        "finetune": col([ft[0], ft[3]]),
+        "eval": col([ev_ex[n] for n in range(3)]),
+    }
 
 
 def run_steps(model: EdgeAwareRecModel, batches: dict) -> dict[str, float]:
@@ -154,12 +167,14 @@ def test_half_precision_follows_float32(tok, graph, tmp_path):
 def test_autocast_mask_takes_the_compute_dtype(tok, graph, tmp_path):
     """Mixed precision (accelerate's autocast): float32 weights, bf16 mask with bf16's minimum."""
     m, idx = graph
-    model = EdgeAwareRecModel(load_backbone(save_backbone(tmp_path / "l", "llama", len(tok), torch.float32), "sdpa"),
-                              N_USERS, N_ITEMS)
+    model = EdgeAwareRecModel(
+        load_backbone(save_backbone(tmp_path / "l", "llama", len(tok), torch.float32), "sdpa"), N_USERS, N_ITEMS
+    )
     batches = step_batches(tok, model.entity_vocab, m, idx)
     seen = []
     hook = model.lm.model.layers[0].self_attn.register_forward_pre_hook(
-        lambda mod, args, kwargs: seen.append(kwargs["attention_mask"]), with_kwargs=True)
+        lambda mod, args, kwargs: seen.append(kwargs["attention_mask"]), with_kwargs=True
+    )
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss, reg = model.collab_step(batches["collab"])
     hook.remove()
@@ -194,8 +209,12 @@ def test_lora_edge_bias_reaches_every_layer(tok, graph, lora_model):
     zero = step_batches(tok, ev, m, None, "none")["content"]  # R = 0, same causal + padding
     layers = model.lm.model.layers
     seen: list[torch.Tensor] = []
-    hooks = [layer.self_attn.register_forward_pre_hook(
-        lambda mod, args, kwargs: seen.append(kwargs["attention_mask"]), with_kwargs=True) for layer in layers]
+    hooks = [
+        layer.self_attn.register_forward_pre_hook(
+            lambda mod, args, kwargs: seen.append(kwargs["attention_mask"]), with_kwargs=True
+        )
+        for layer in layers
+    ]
     with torch.no_grad():
         h_seed = model.hidden_states(seed, "content")
         h_zero = model.hidden_states(zero, "content")
@@ -345,11 +364,13 @@ def test_paper_config_code_path(tok, graph, tmp_path):
     """configs/paper.yaml over config.yaml, with `backbone` a local GPT-2-shaped folder:
     start-up checks, model building, one step of each kind and scoring as the stages run them."""
     from llm4rec import config_check
-    from llm4rec.tokenization import pad_token_id
-    from llm4rec.training import (
-        Data, MICRO_BATCH_TOKENS, Scorer, _run_step, _Steps, backbone_geometry, build_model, make_accelerator,
-        make_optimizer, max_length, tokenizer_source,
-    )
+    from llm4rec.collate import MICRO_BATCH_TOKENS
+    from llm4rec.evaluation import Scorer
+    from llm4rec.model import ModelSettings, backbone_geometry, build_model, max_length
+    from llm4rec.preprocess import Processed
+    from llm4rec.stage import RunSettings, make_accelerator
+    from llm4rec.tokenization import pad_token_id, tokenizer_source
+    from llm4rec.training import _run_step, _Steps, make_optimizer
 
     m, idx = graph
     config = yaml.safe_load((REPO / "config.yaml").read_text())
@@ -362,12 +383,19 @@ def test_paper_config_code_path(tok, graph, tmp_path):
     config_check.check_backbone(model_settings["backbone"], model_settings["attn_implementation"])
     config_check.check_precision(settings)
 
-    tokenizer = load_tokenizer(tokenizer_source(model_settings, None))
-    assert backbone_geometry(model_settings["backbone"], model_settings["tiny"], tokenizer, None) == (len(tok), 128)
-    inter = pd.DataFrame({"uid": np.repeat(np.arange(N_USERS), 1), "iid": np.arange(N_USERS), "split": "train"})
-    data = Data(N_USERS, N_ITEMS, inter, train_items(m), {})
-    model = build_model(model_settings, tokenizer, data, idx, seed=0)
-    assert not model.lora and model.weight_dtype == torch.float32 and max_length(model, model_settings) == 128
+    run = RunSettings.from_dict(
+        {"seed": 0, **{k: settings[k] for k in ("data_seed", "model", "pretrain", "finetune", "evaluate")}}
+    )
+    typed = run.model
+    assert typed == ModelSettings.from_dict(model_settings)
+    tokenizer = load_tokenizer(tokenizer_source(typed.backbone, None))
+    assert backbone_geometry(typed.backbone, typed.tiny, tokenizer, None) == (len(tok), 128)
+    users, items_of = m.nonzero()
+    inter = pd.DataFrame({"uid": users, "iid": items_of, "split": "train"})
+    data = Processed(N_USERS, N_ITEMS, inter)
+    assert [list(t) for t in data.train_items] == [list(t) for t in train_items(m)]
+    model = build_model(typed, tokenizer, data.n_users, data.n_items, idx, seed=0)
+    assert not model.lora and model.weight_dtype == torch.float32 and max_length(model, typed) == 128
     acc = make_accelerator(0)
     steps = _Steps(model)
     ev = model.entity_vocab
@@ -375,16 +403,18 @@ def test_paper_config_code_path(tok, graph, tmp_path):
     tr = train_items(m)
     items = pd.DataFrame({"iid": [0, 1], "title": ["Acme Home", None]})
     so = pd.DataFrame({"kind": ["brand"], "value": ["Acme"], "item_ids": [[0, 1, 2, 3, 5]]})
-    inter["review_text"] = "great product"
+    reviews = pd.DataFrame(
+        {"uid": np.arange(N_USERS), "iid": np.arange(N_USERS), "split": "train", "review_text": "great product"}
+    )
     for kind, side, exs in (
-        ("content", "content", build_content_examples(items, inter, so, tok, ev, 128)),
+        ("content", "content", build_content_examples(items, reviews, so, tok, ev, 128)),
         ("collab", "collab", build_collab_examples(tr, tok, ev, 128)),
         ("finetune", "collab", build_finetune_examples(tr, tok, ev, 128, seed=0, epoch=0)),
     ):
-        opt = make_optimizer(model.side_parameters(side), settings["pretrain"]["lr"])
+        opt = make_optimizer(model.side_parameters(side), run.pretrain.lr)
         loss, reg = _run_step(steps, acc, opt, [exs[k] for k in range(len(exs))], collate, kind, True, 1.0, kind)
         assert np.isfinite(loss) and np.isfinite(reg)
-    scorer = Scorer(model, tokenizer, data, idx, 128, settings["evaluate"]["batch_size"])
+    scorer = Scorer(model, tokenizer, data, idx, 128, run.evaluate.batch_size)
     assert scorer.max_tokens >= MICRO_BATCH_TOKENS
     scores = scorer(np.arange(N_USERS))
     assert scores.shape == (N_USERS, N_ITEMS) and torch.isfinite(scores).all()
@@ -439,10 +469,19 @@ def test_launch_passes_mixed_precision(tmp_path, args, expected):
     fake.write_text('#!/bin/sh\necho "$@"\n')
     fake.chmod(0o755)
     env = {**os.environ, "PATH": os.pathsep.join([str(tmp_path), os.environ["PATH"]])}
-    out = subprocess.run(["bash", str(REPO / "workflow/scripts/launch.sh"), *args, "0", "1", "train.py", "--x", "1"],
-                         capture_output=True, text=True, check=True, env=env).stdout.split()
+    out = subprocess.run(
+        ["bash", str(REPO / "workflow/scripts/launch.sh"), *args, "0", "1", "train.py", "--x", "1"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    ).stdout.split()
     i = out.index("--mixed_precision")
     assert out[i + 1] == expected and out[-3:] == ["train.py", "--x", "1"]
-    bad = subprocess.run(["bash", str(REPO / "workflow/scripts/launch.sh"), "--mixed_precision", "fp8", "0", "1",
-                          "t.py"], capture_output=True, text=True, env=env)
+    bad = subprocess.run(
+        ["bash", str(REPO / "workflow/scripts/launch.sh"), "--mixed_precision", "fp8", "0", "1", "t.py"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert bad.returncode == 2 and "must be no, bf16 or fp16" in bad.stderr

@@ -29,9 +29,7 @@ def _random_binary(seed, n_users=40, n_items=18, density=0.25):
 
 # ---------------------------------------------------------------- popularity
 def test_popularity_ranks_by_train_counts_ties_by_id():
-    x = np.array(
-        [[1, 1, 0, 0, 1], [0, 1, 0, 1, 1], [0, 1, 0, 1, 0], [0, 0, 0, 0, 0]], dtype=np.float32
-    )
+    x = np.array([[1, 1, 0, 0, 1], [0, 1, 0, 1, 1], [0, 1, 0, 1, 0], [0, 0, 0, 0, 0]], dtype=np.float32)
     model = Popularity().fit(sp.csr_matrix(x))
     scores = model.score(np.array([0, 3]))
     np.testing.assert_array_equal(scores.numpy(), np.tile(x.sum(0), (2, 1)))
@@ -79,9 +77,7 @@ def test_itemknn_pruned_equals_dense_numpy(k):
     model = ItemKNN(k_neighbors=k, block_size=4).fit(sp.csr_matrix(x))
     np.testing.assert_allclose(model.similarity.toarray(), pruned, rtol=1e-6, atol=1e-7)
     assert (np.diff(sp.csc_matrix(model.similarity).indptr) <= k).all()
-    np.testing.assert_allclose(
-        model.score(np.arange(x.shape[0])).numpy(), x @ pruned, rtol=1e-5, atol=1e-6
-    )
+    np.testing.assert_allclose(model.score(np.arange(x.shape[0])).numpy(), x @ pruned, rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------- EASE
@@ -179,9 +175,7 @@ def test_multivae_same_seed_is_repeatable():
     assert a.history == b.history
     for key, value in a.model.state_dict().items():
         assert torch.equal(value, b.model.state_dict()[key])
-    assert any(
-        not torch.equal(v, c.model.state_dict()[k]) for k, v in a.model.state_dict().items()
-    )
+    assert any(not torch.equal(v, c.model.state_dict()[k]) for k, v in a.model.state_dict().items())
 
 
 def test_multivae_early_stopping_respects_patience():
@@ -190,3 +184,63 @@ def test_multivae_early_stopping_respects_patience():
     # This seed stops early: two epochs after the best one without a gain.
     assert len(res.history) < 60
     assert len(res.history) - 1 - res.best_epoch == 2
+
+
+def test_multivae_sparse_batches_equal_dense_batches():
+    """The sparse input path (embedding-bag over the nonzeros) is the dense one: same logits,
+    same loss and the same generator state after a training-mode forward."""
+    from llm4rec.baselines import MultiVAE, multivae_loss, sparse_rows
+
+    x = sp.csr_matrix(_random_binary(3, n_users=30, n_items=25, density=0.3))
+    users = np.array([5, 0, 17, 2, 29])
+    dense = torch.from_numpy(x[users].toarray().astype(np.float32))
+    model = MultiVAE(25, hidden=12, latent=6, dropout=0.5, generator=torch.Generator().manual_seed(1))
+    for training in (True, False):
+        model.train(training)
+        g_dense, g_sparse = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+        out_d = model(dense, generator=g_dense)
+        batch = sparse_rows(x, users)
+        out_s = model(batch, generator=g_sparse)
+        for a, b in zip(out_d, out_s):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            multivae_loss(*out_d[:1], dense, *out_d[1:], beta=0.2),
+            multivae_loss(*out_s[:1], batch, *out_s[1:], beta=0.2),
+            rtol=1e-5,
+            atol=1e-6,
+        )
+        assert torch.equal(g_dense.get_state(), g_sparse.get_state())
+        np.testing.assert_array_equal(batch.to_dense().numpy(), dense.numpy())
+
+
+def test_multivae_eval_every_keeps_the_trajectory_and_counts_patience_in_epochs():
+    """Validation neither draws random numbers nor changes the weights: validating every k
+    epochs sees the same models as validating every epoch, at epochs k-1, 2k-1, ... and the
+    last; patience counts epochs since the best validated one."""
+    train, val, _ = _block_data(seed=1, users_per_block=10)
+    args = dict(VAE_ARGS, hidden=16, latent=4, lr=0.01)  # this seed plateaus after epoch 1
+    every = train_multivae(train, val, seed=3, **dict(args, epochs=11, patience=11))
+    assert [h["epoch"] for h in every.history] == list(range(11))
+    by_epoch = {h["epoch"]: h for h in every.history}
+    third = train_multivae(train, val, seed=3, eval_every=3, **dict(args, epochs=11, patience=11))
+    assert [h["epoch"] for h in third.history] == [2, 5, 8, 10]
+    assert third.history == [by_epoch[e] for e in (2, 5, 8, 10)]
+    assert third.epochs_run == 11
+    best = max(third.history, key=lambda h: h["selection"])["epoch"]
+    assert third.best_epoch == best
+
+    # Stopping: the first validated epoch at least `patience` epochs after the best one so far.
+    stops = []
+    for patience in (2, 4):
+        res = train_multivae(train, val, seed=3, eval_every=2, **dict(args, epochs=11, patience=patience))
+        seen, best_e, best_s = [], -1, -np.inf
+        for e in [1, 3, 5, 7, 9, 10]:
+            seen.append(e)
+            if by_epoch[e]["selection"] > best_s:
+                best_e, best_s = e, by_epoch[e]["selection"]
+            if e - best_e >= patience:
+                break
+        assert [h["epoch"] for h in res.history] == seen
+        assert res.epochs_run == seen[-1] + 1 and res.best_epoch == best_e
+        stops.append(res.epochs_run)
+    assert min(stops) < 11  # this seed does stop early

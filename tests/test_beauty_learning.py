@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import REPO, copy_checkout, snakemake
 
 pytestmark = pytest.mark.slow
@@ -42,7 +41,10 @@ def _subsample(work: Path) -> dict:
     part = reviews[reviews["user_id"].isin(keep)]
     part.to_csv(work / "beauty_sub_reviews.csv.gz", index=False)
     items = set(part["item_id"])
-    with gzip.open(BEAUTY_DATA / "items.jsonl.gz", "rt") as src, gzip.open(work / "beauty_sub_items.jsonl.gz", "wt") as dst:
+    with (
+        gzip.open(BEAUTY_DATA / "items.jsonl.gz", "rt") as src,
+        gzip.open(work / "beauty_sub_items.jsonl.gz", "wt") as dst,
+    ):
         for line in src:
             if json.loads(line)["item_id"] in items:
                 dst.write(line)

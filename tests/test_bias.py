@@ -9,14 +9,15 @@ import scipy.sparse as sp
 import torch
 from scipy.sparse.csgraph import shortest_path
 
-from llm4rec.graph import RelationIndex
-from llm4rec.collate import MASK_MIN, EdgeAwareCollator, hop_classes, relation_lut
-from llm4rec.prompts import (
+from llm4rec.collate import EdgeAwareCollator, hop_classes
+from llm4rec.encoding import (
     build_collab_examples,
     build_content_examples,
     build_eval_examples,
     build_finetune_examples,
 )
+from llm4rec.graph import RelationIndex, relation_lut
+from llm4rec.model import MASK_MIN
 from llm4rec.tokenization import EntityVocab, load_tokenizer, train_bpe_tokenizer
 
 
@@ -138,7 +139,7 @@ def test_vectorized_equals_triple_loop(tok, make_index):
     ref = triple_loop_bias(batch["node_ids"].numpy(), idx)
     L = ref.shape[1]
     lower = np.tril(np.ones((L, L), dtype=bool))
-    valid = (np.arange(L)[None, :] < batch["lengths"].numpy()[:, None])
+    valid = np.arange(L)[None, :] < batch["lengths"].numpy()[:, None]
     keep = lower[None] & valid[:, None, :]
     got = batch["attention_mask"][:, 0].numpy()
     np.testing.assert_array_equal(got[keep], ref[keep])

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, copy_checkout, snakemake
 
 pytestmark = pytest.mark.slow
@@ -90,8 +89,12 @@ def shell_lines() -> list[tuple[str, str]]:
 def test_shell_commands_quote_every_path_and_wildcard():
     lines = shell_lines()
     assert any("launch.sh" in line for _, line in lines)  # the helper that builds the commands is read too
-    unquoted = [f"{where}: {m.group(0)}" for where, line in lines for m in PLACEHOLDER.finditer(line)
-                if not m.group(2).endswith(":q")]
+    unquoted = [
+        f"{where}: {m.group(0)}"
+        for where, line in lines
+        for m in PLACEHOLDER.finditer(line)
+        if not m.group(2).endswith(":q")
+    ]
     assert not unquoted, "shell placeholders without :q quoting:\n" + "\n".join(unquoted)
 
 
@@ -140,19 +143,27 @@ def test_tiny_heads_must_divide_width(work, tmp_path):
 def test_uppercase_sha256_is_accepted_and_verified(tmp_path):
     repo = copy_checkout(tmp_path / "work")
     demo = repo / "resources" / "demo"
-    digests = {f"{k}_sha256": hashlib.sha256((demo / f"{k}.json.gz").read_bytes()).hexdigest().upper()
-               for k in ("reviews", "meta")}
+    digests = {
+        f"{k}_sha256": hashlib.sha256((demo / f"{k}.json.gz").read_bytes()).hexdigest().upper()
+        for k in ("reviews", "meta")
+    }
     user = tmp_path / "sha.yaml"
     user.write_text(yaml.safe_dump({"datasets": {"demo": {"source": "demo", **digests}}}))
     snakemake(repo, "resources/raw/demo/download.json", "--cores", "1", "--configfile", str(user))
     assert (repo / "resources" / "raw" / "demo" / "reviews.json.gz").exists()
 
 
-@pytest.mark.parametrize(("settings", "key"), [
-    ({"datasets": {"demo": {"source": "demo", "sorce": "demo"}}}, "datasets.demo.sorce"),
-    ({"kcore": 5}, "kcore"),
-    ({"model": {"tiny": {"n_layer": 2, "n_embd": 32, "n_head": 4, "n_positions": 256, "heads": 4}}}, "model.tiny.heads"),
-])
+@pytest.mark.parametrize(
+    ("settings", "key"),
+    [
+        ({"datasets": {"demo": {"source": "demo", "sorce": "demo"}}}, "datasets.demo.sorce"),
+        ({"kcore": 5}, "kcore"),
+        (
+            {"model": {"tiny": {"n_layer": 2, "n_embd": 32, "n_head": 4, "n_positions": 256, "heads": 4}}},
+            "model.tiny.heads",
+        ),
+    ],
+)
 def test_unknown_key_is_named_in_a_short_message(work, tmp_path, settings, key):
     text = refusal(dry_run(work, settings, tmp_path))
     assert f"config: unknown key {key!r}" in text

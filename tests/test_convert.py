@@ -40,8 +40,9 @@ def _write_gz(path: Path, lines: list[str | bytes]) -> Path:
 
 def _meta_2018(tmp_path: Path) -> Path:
     lines = [
-        json.dumps({"asin": "I1", "title": "One", "brand": "B", "category": ["A", "B"],
-                    "description": ["first", "second"]}),
+        json.dumps(
+            {"asin": "I1", "title": "One", "brand": "B", "category": ["A", "B"], "description": ["first", "second"]}
+        ),
         json.dumps({"asin": "I2", "title": "Two", "category": "['X', 'Y']"}),
     ]
     return _write_gz(tmp_path / "meta.json.gz", lines)
@@ -73,8 +74,11 @@ def test_hostile_reviews_convert_good_lines_and_reject_bad_ones(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "interim"
     summary = convert_dataset(
-        _hostile_reviews(tmp_path), _meta_2018(tmp_path), out,
-        max_reject_frac=0.9, progress=False,
+        _hostile_reviews(tmp_path),
+        _meta_2018(tmp_path),
+        out,
+        max_reject_frac=0.9,
+        progress=False,
     )
     assert not (tmp_path / "pwned").exists()
     assert not Path("pwned").exists()
@@ -125,10 +129,15 @@ def test_hostile_reviews_convert_good_lines_and_reject_bad_ones(tmp_path, monkey
     items = pq.read_table(out / "items.parquet")
     assert items.schema.equals(ITEMS_SCHEMA)
     assert items.to_pylist() == [
-        {"line": 1, "item_id": "I1", "title": "One", "brand": "B", "categories": ["A", "B"],
-         "description": "first second"},
-        {"line": 2, "item_id": "I2", "title": "Two", "brand": None, "categories": ["X", "Y"],
-         "description": None},
+        {
+            "line": 1,
+            "item_id": "I1",
+            "title": "One",
+            "brand": "B",
+            "categories": ["A", "B"],
+            "description": "first second",
+        },
+        {"line": 2, "item_id": "I2", "title": "Two", "brand": None, "categories": ["X", "Y"], "description": None},
     ]
     assert stats["meta"]["coerced"] == {"category_from_str": 1}
     assert not list(out.glob("*.tmp"))
@@ -153,37 +162,42 @@ def test_too_many_rejects_are_copied_where_the_message_says(tmp_path):
     out = tmp_path / "interim"
     copy = tmp_path / "logs" / "convert.rejects.jsonl"
     with pytest.raises(ConvertError) as info:
-        convert_dataset(_hostile_reviews(tmp_path), _meta_2018(tmp_path), out, progress=False,
-                        rejects_copy=copy)
+        convert_dataset(_hostile_reviews(tmp_path), _meta_2018(tmp_path), out, progress=False, rejects_copy=copy)
     message = str(info.value)
     assert str(copy.resolve()) in message and str(out) not in message
     assert copy.read_text() == (out / "rejects.jsonl").read_text()
     assert len(copy.read_text().splitlines()) == 10
-    convert_dataset(_hostile_reviews(tmp_path), _meta_2018(tmp_path), out, progress=False,
-                    max_reject_frac=0.9, rejects_copy=copy)
+    convert_dataset(
+        _hostile_reviews(tmp_path), _meta_2018(tmp_path), out, progress=False, max_reject_frac=0.9, rejects_copy=copy
+    )
     assert not copy.exists()  # a later success leaves no stale evidence behind
 
 
 def test_2014_meta_python_literals_convert(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     meta = tmp_path / "meta_Beauty.json.gz"
-    _write_gz(meta, [
-        "{'asin': '0205616461', 'description': 'As we age, our once youthful skin...', "
-        "'title': 'Bio-Active Anti-Aging Serum', 'imUrl': 'http://x/y.jpg', "
-        "'salesRank': {'Beauty': 461764}, 'categories': [['Beauty', 'Skin Care', 'Face'], "
-        "['Other']], 'related': {'also_bought': ['B00A', 'B00B']}}",
-        "{'asin': '0558925278', 'brand': u'Eco Friendly', 'categories': [['Beauty', 'Makeup']],"
-        " 'price': 10.5}",
-        "{'asin': '0733001998', 'title': 'Nail polish', 'categories': \"[['Beauty']]\"}",
-        "{'title': 'no asin here', 'categories': [['Beauty']]}",
-        "{'asin': 'B000X', 'title': \"It's fine\", 'categories': 'Beauty', "
-        "'description': ['one', 'two'], 'brand': {'weird': 1}}",
-        "{'asin': 'B000Y', 'title': " + PAYLOAD + "}",
-    ])
-    reviews = _write_gz(tmp_path / "reviews.json.gz", [
-        "{'reviewerID': 'A1', 'asin': '0205616461', 'overall': 5.0, 'reviewTime': '01 2, 2014',"
-        " 'reviewText': 'x', 'summary': 'y', 'unixReviewTime': 1388620800}",
-    ])
+    _write_gz(
+        meta,
+        [
+            "{'asin': '0205616461', 'description': 'As we age, our once youthful skin...', "
+            "'title': 'Bio-Active Anti-Aging Serum', 'imUrl': 'http://x/y.jpg', "
+            "'salesRank': {'Beauty': 461764}, 'categories': [['Beauty', 'Skin Care', 'Face'], "
+            "['Other']], 'related': {'also_bought': ['B00A', 'B00B']}}",
+            "{'asin': '0558925278', 'brand': u'Eco Friendly', 'categories': [['Beauty', 'Makeup']], 'price': 10.5}",
+            "{'asin': '0733001998', 'title': 'Nail polish', 'categories': \"[['Beauty']]\"}",
+            "{'title': 'no asin here', 'categories': [['Beauty']]}",
+            "{'asin': 'B000X', 'title': \"It's fine\", 'categories': 'Beauty', "
+            "'description': ['one', 'two'], 'brand': {'weird': 1}}",
+            "{'asin': 'B000Y', 'title': " + PAYLOAD + "}",
+        ],
+    )
+    reviews = _write_gz(
+        tmp_path / "reviews.json.gz",
+        [
+            "{'reviewerID': 'A1', 'asin': '0205616461', 'overall': 5.0, 'reviewTime': '01 2, 2014',"
+            " 'reviewText': 'x', 'summary': 'y', 'unixReviewTime': 1388620800}",
+        ],
+    )
     out = tmp_path / "interim"
     summary = convert_dataset(reviews, meta, out, max_reject_frac=0.5, progress=False)
     assert not (tmp_path / "pwned").exists()
@@ -210,8 +224,7 @@ def test_overlong_line_is_rejected_without_reading_it_whole(tmp_path):
     reviews = tmp_path / "reviews.json"
     reviews.write_text("\n".join([_review("A", "B", 5.0), huge, _review("C", "D", 4.0)]) + "\n")
     out = tmp_path / "interim"
-    summary = convert_dataset(reviews, None, out, max_line_bytes=1000, max_reject_frac=0.5,
-                              progress=False)
+    summary = convert_dataset(reviews, None, out, max_line_bytes=1000, max_reject_frac=0.5, progress=False)
     assert summary["reviews"]["rows"] == 2
     assert pq.read_table(out / "reviews.parquet").column("line").to_pylist() == [1, 3]
     (reject,) = [json.loads(x) for x in (out / "rejects.jsonl").read_text().splitlines()]
@@ -227,8 +240,7 @@ def test_line_exactly_at_the_cap_is_kept(tmp_path):
     reviews = tmp_path / "reviews.json"
     reviews.write_text(line + "\n" + line + "y\n")
     out = tmp_path / "interim"
-    summary = convert_dataset(reviews, None, out, max_line_bytes=300, max_reject_frac=0.5,
-                              progress=False)
+    summary = convert_dataset(reviews, None, out, max_line_bytes=300, max_reject_frac=0.5, progress=False)
     assert summary["reviews"]["rows"] == 1 and summary["reviews"]["reasons"] == {"line too long": 1}
 
 
@@ -265,8 +277,9 @@ def test_parse_review_time():
     assert parse_review_time("not a date") is None
 
 
-@pytest.mark.skipif(not REAL_REVIEWS.exists() or not REAL_META.exists(),
-                    reason=f"real Amazon 2018 files not found under {REAL}")
+@pytest.mark.skipif(
+    not REAL_REVIEWS.exists() or not REAL_META.exists(), reason=f"real Amazon 2018 files not found under {REAL}"
+)
 def test_real_magazine_files(tmp_path):
     out = tmp_path / "interim"
     summary = convert_dataset(REAL_REVIEWS, REAL_META, out, max_reject_frac=0.0, progress=False)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
-
 from conftest import REPO
+
 from llm4rec import demo
 
 
@@ -16,7 +16,8 @@ def test_generator_reproduces_committed_demo(tmp_path):
         committed = REPO / "resources" / "demo" / f"{kind}.json.gz"
         assert committed.stat().st_size < 1_000_000
         assert hashlib.sha256(path.read_bytes()).hexdigest() == hashlib.sha256(committed.read_bytes()).hexdigest(), (
-            f"{committed} differs from the generator's output: regenerate it only with a note in the README")
+            f"{committed} differs from the generator's output: regenerate it only with a note in the README"
+        )
 
 
 def test_users_concentrate_on_few_clusters():

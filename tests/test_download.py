@@ -34,8 +34,7 @@ PAYLOAD = gzip.compress(_RNG.randbytes(3 * 1024 * 1024 + 517), compresslevel=0, 
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
 OTHER = gzip.compress(_RNG.randbytes(3 * 1024 * 1024 + 517), compresslevel=0, mtime=0)
 JSONL = b"".join(
-    json.dumps({"user": f"u{i}", "text": _RNG.randbytes(40).hex()}).encode() + b"\n"
-    for i in range(20_000)
+    json.dumps({"user": f"u{i}", "text": _RNG.randbytes(40).hex()}).encode() + b"\n" for i in range(20_000)
 )
 # A cut at a line boundary: the content looks whole, only the transport can tell.
 LINE_CUT = JSONL.index(b"\n", int(len(JSONL) * 0.58)) + 1
@@ -129,8 +128,7 @@ class _Handler(BaseHTTPRequestHandler):
 @pytest.fixture(autouse=True)
 def _no_proxy(monkeypatch):
     """Talk to 127.0.0.1 and the resolver directly, whatever proxy the machine sets."""
-    for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY",
-                 "ALL_PROXY"):
+    for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -382,12 +380,14 @@ def test_size_mismatch_fails_and_leaves_no_file(server, tmp_path):
 def test_no_checksum_given_records_it(server, tmp_path):
     base, _ = server
     records = fetch_source(
-        {"reviews": f"{base}/data.bin", "meta": f"{base}/data.bin"}, tmp_path / "raw",
-        expected={"meta": {"sha256": SHA}}, backoff=0.01, progress=False,
+        {"reviews": f"{base}/data.bin", "meta": f"{base}/data.bin"},
+        tmp_path / "raw",
+        expected={"meta": {"sha256": SHA}},
+        backoff=0.01,
+        progress=False,
     )
     assert records["reviews"] == {"url": f"{base}/data.bin", "sha256": SHA, "size": len(PAYLOAD)}
-    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["meta.json.gz",
-                                                                    "reviews.json.gz"]
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["meta.json.gz", "reviews.json.gz"]
 
 
 def _refused_port() -> int:
@@ -398,8 +398,7 @@ def _refused_port() -> int:
 
 @pytest.mark.parametrize(
     "url",
-    [f"http://127.0.0.1:{_refused_port()}/reviews.json.gz",
-     "http://llm4rec-no-such-host.invalid/reviews.json.gz"],
+    [f"http://127.0.0.1:{_refused_port()}/reviews.json.gz", "http://llm4rec-no-such-host.invalid/reviews.json.gz"],
     ids=["refused", "unknown-host"],
 )
 def test_unreachable_host_fails_at_once_saying_where_to_put_the_file(url, tmp_path):
@@ -476,12 +475,16 @@ def test_download_script_records_hand_placed_files(tmp_path):
     snakemake = SimpleNamespace(
         log=[str(tmp_path / "download.log")],
         output=_Output(record=str(raw / "download.json"), **output),
-        params=SimpleNamespace(download={
-            "urls": {k: f"http://127.0.0.1:{port}/{k}.json.gz" for k in output},
-            "sha256": {"reviews": SHA, "meta": None},
-            "size": {"reviews": None, "meta": None},
-            "retries": 0, "backoff": 0.01, "timeout": 5,
-        }),
+        params=SimpleNamespace(
+            download={
+                "urls": {k: f"http://127.0.0.1:{port}/{k}.json.gz" for k in output},
+                "sha256": {"reviews": SHA, "meta": None},
+                "size": {"reviews": None, "meta": None},
+                "retries": 0,
+                "backoff": 0.01,
+                "timeout": 5,
+            }
+        ),
     )
     with pytest.raises(DownloadError) as info:
         runpy.run_path(str(SCRIPT), init_globals={"snakemake": snakemake})

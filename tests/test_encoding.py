@@ -7,15 +7,15 @@ import pandas as pd
 import pytest
 from transformers import AutoTokenizer
 
-from llm4rec.prompts import (
+from llm4rec.encoding import (
     KIND,
     Examples,
     build_collab_examples,
     build_content_examples,
     build_eval_examples,
     build_finetune_examples,
-    train_items_by_user,
 )
+from llm4rec.preprocess import train_items_by_user
 from llm4rec.tokenization import EntityVocab, load_tokenizer, tokenize_texts, train_bpe_tokenizer
 
 CORPUS = [
@@ -52,7 +52,7 @@ def _tables():
         (1, 1, "train", "love it"),
         (1, 3, "train", "ok"),
         (1, 0, "test", None),
-        (2, 2, "train", "   "),
+        (2, 2, "train", ""),  # blank: preprocess's clean_text already made "   " null
         (2, 3, "train", "fine"),
     ]
     inter = pd.DataFrame(rows, columns=["uid", "iid", "split", "review_text"])
@@ -136,7 +136,9 @@ def test_cache_roundtrip(tok, tmp_path):
         np.testing.assert_array_equal(getattr(ex, k), getattr(back, k))
     both = Examples.concat([ex, build_collab_examples(train_items_by_user(inter, 3), tok, ev, 64)])
     assert len(both) == len(ex) + 3
-    np.testing.assert_array_equal(both[len(ex)]["input_ids"], build_collab_examples(train_items_by_user(inter, 3), tok, ev, 64)[0]["input_ids"])
+    np.testing.assert_array_equal(
+        both[len(ex)]["input_ids"], build_collab_examples(train_items_by_user(inter, 3), tok, ev, 64)[0]["input_ids"]
+    )
 
 
 def test_collab_and_eval_prompts(tok):
@@ -205,7 +207,9 @@ def test_truncation_keeps_template(tok):
     assert (np.diff(main) > 0).all() and set(main) <= set(tr[0])
     # long review: main cut at the tail
     items = pd.DataFrame({"iid": [0], "title": [None]})
-    inter = pd.DataFrame({"uid": [0], "iid": [0], "split": ["train"], "review_text": [" ".join(["great product"] * 40)]})
+    inter = pd.DataFrame(
+        {"uid": [0], "iid": [0], "split": ["train"], "review_text": [" ".join(["great product"] * 40)]}
+    )
     ex = build_content_examples(items, inter, None, tok, EntityVocab(512, 1, 1), max_len=16)
     e = ex[0]
     full = tokenize_texts(tok, [" " + inter["review_text"][0]])[0]

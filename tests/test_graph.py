@@ -11,8 +11,7 @@ import scipy.sparse as sp
 from scipy.sparse import csgraph
 
 from llm4rec import graph
-from llm4rec.graph import (RelationIndex, build_relation_index, graph_stats, relation_from_hops,
-                           relation_table)
+from llm4rec.graph import RelationIndex, build_relation_index, graph_stats, relation_from_hops, relation_table
 
 
 def seed_dense(b: sp.spmatrix) -> tuple[np.ndarray, np.ndarray]:
@@ -168,15 +167,16 @@ def test_larger_power_law_graph_sampled_pairs(monkeypatch):
 def test_relation_table_matches_spec_values_for_d6_6():
     t = relation_table(6)
     np.testing.assert_allclose(t, np.array([6, 11, 4, 3, 2, 1, 0]) / 11, atol=1e-7)
-    np.testing.assert_allclose(relation_from_hops(np.array([0, 1, 2, 7, 100]), 6),
-                               np.array([6, 11, 4, 0, 0]) / 11, atol=1e-7)
+    np.testing.assert_allclose(
+        relation_from_hops(np.array([0, 1, 2, 7, 100]), 6), np.array([6, 11, 4, 0, 0]) / 11, atol=1e-7
+    )
     with pytest.raises(ValueError):
         relation_table(0)
 
 
 def test_type_pattern_equals_relation_on_ordinary_prompts():
     rng = np.random.default_rng(3)
-    for name, b in GRAPHS:
+    for _, b in GRAPHS:
         idx = RelationIndex(b)
         if idx.n_edges == 0:
             continue
@@ -252,7 +252,9 @@ def test_eval_edges_do_not_leak_into_default_graph(tmp_path):
     leaky_other = build_relation_index(changed, 30, 25, include_eval_edges=True)
     leaky.save(tmp_path / "leaky")
     leaky_other.save(tmp_path / "leaky_other")
-    assert (tmp_path / "leaky" / "relation.npz").read_bytes() != (tmp_path / "leaky_other" / "relation.npz").read_bytes()
+    assert (tmp_path / "leaky" / "relation.npz").read_bytes() != (
+        tmp_path / "leaky_other" / "relation.npz"
+    ).read_bytes()
     assert not np.array_equal(leaky.relation(a, c), leaky_other.relation(a, c))
     b_all = sp.csr_matrix((np.ones(len(inter)), (inter["uid"], inter["iid"])), shape=(30, 25))
     np.testing.assert_allclose(leaky.relation(a, c), seed_dense(b_all)[1], atol=1e-6)

@@ -33,8 +33,10 @@ def test_parquet_integer_ids_keep_identity_and_metadata(tmp_path):
     n = 250
     item_ids = [BIG + k for k in range(n)]
     users = pa.array([1000 + k % 7 if k else None for k in range(n)], pa.int64())
-    pq.write_table(pa.table({"user_id": users, "item_id": pa.array(item_ids, pa.int64()),
-                             "rating": [5.0] * n}), tmp_path / "reviews.parquet")
+    pq.write_table(
+        pa.table({"user_id": users, "item_id": pa.array(item_ids, pa.int64()), "rating": [5.0] * n}),
+        tmp_path / "reviews.parquet",
+    )
     _items_parquet(tmp_path / "items.parquet", pa.array(item_ids, pa.int64()))
     out = tmp_path / "interim"
     report = import_local(tmp_path / "reviews.parquet", tmp_path / "items.parquet", out, max_reject_frac=0.01)
@@ -50,9 +52,16 @@ def test_parquet_integer_ids_keep_identity_and_metadata(tmp_path):
 
 def test_parquet_float_ids_with_nulls_become_integer_text(tmp_path):
     path = tmp_path / "reviews.parquet"
-    pq.write_table(pa.table({"user_id": pa.array([1000.0, None, 7.0], pa.float64()),
-                             "item_id": pa.array([1.0, 2.0, float("nan")], pa.float32()),
-                             "rating": [5.0, 4.0, 3.0]}), path)
+    pq.write_table(
+        pa.table(
+            {
+                "user_id": pa.array([1000.0, None, 7.0], pa.float64()),
+                "item_id": pa.array([1.0, 2.0, float("nan")], pa.float32()),
+                "rating": [5.0, 4.0, 3.0],
+            }
+        ),
+        path,
+    )
     df = read_table(path)
     assert df["user_id"].tolist() == ["1000", None, "7"]
     assert df["item_id"].tolist() == ["1", "2", None]
@@ -61,8 +70,9 @@ def test_parquet_float_ids_with_nulls_become_integer_text(tmp_path):
 @pytest.mark.parametrize("value", [1.5, float(BIG + 2), float("inf")])
 def test_parquet_float_ids_that_are_not_exact_fail_naming_file_and_column(tmp_path, value):
     path = tmp_path / "reviews.parquet"
-    pq.write_table(pa.table({"user_id": ["a", "b"], "item_id": pa.array([1.0, value], pa.float64()),
-                             "rating": [5.0, 4.0]}), path)
+    pq.write_table(
+        pa.table({"user_id": ["a", "b"], "item_id": pa.array([1.0, value], pa.float64()), "rating": [5.0, 4.0]}), path
+    )
     with pytest.raises(SchemaError) as info:
         read_table(path)
     assert str(path) in str(info.value) and "'item_id'" in str(info.value)
@@ -78,10 +88,12 @@ def test_parquet_dictionary_and_bool_ids(tmp_path):
 
 
 def test_json_lines_big_integer_ids_and_a_null_stay_exact(tmp_path):
-    rows = [{"user_id": BIG + 1, "item_id": 10**20, "rating": 5},
-            {"user_id": BIG + 2, "item_id": 10**20 + 1, "rating": 4.5},
-            {"user_id": None, "item_id": 3, "rating": 5},
-            {"user_id": "007", "item_id": 4.0, "rating": "4"}]
+    rows = [
+        {"user_id": BIG + 1, "item_id": 10**20, "rating": 5},
+        {"user_id": BIG + 2, "item_id": 10**20 + 1, "rating": 4.5},
+        {"user_id": None, "item_id": 3, "rating": 5},
+        {"user_id": "007", "item_id": 4.0, "rating": "4"},
+    ]
     reviews = tmp_path / "reviews.jsonl.gz"
     with gzip.open(reviews, "wt") as fh:
         fh.write("\n".join(json.dumps(r) for r in rows) + "\n\n")
@@ -97,14 +109,17 @@ def test_json_lines_big_integer_ids_and_a_null_stay_exact(tmp_path):
     assert report["meta"] == {"path": str(items), "lines": 3, "rows": 2, "rejected": 1}
     rejects = [json.loads(x) for x in (out / "rejects.jsonl").read_text().splitlines()]
     assert [(r["file"], r["line"], r["reason"]) for r in rejects] == [
-        ("reviews", 3, "missing user_id"), ("meta", 3, "missing item_id")]
+        ("reviews", 3, "missing user_id"),
+        ("meta", 3, "missing item_id"),
+    ]
 
 
 @pytest.mark.parametrize("value", ["1.5", "NaN", "[1]", "true"])
 def test_json_lines_inexact_id_fails_naming_file_line_and_column(tmp_path, value):
     path = tmp_path / "reviews.jsonl"
-    path.write_text('{"user_id": "a", "item_id": "b", "rating": 5}\n'
-                    f'{{"user_id": "a", "item_id": {value}, "rating": 5}}\n')
+    path.write_text(
+        f'{{"user_id": "a", "item_id": "b", "rating": 5}}\n{{"user_id": "a", "item_id": {value}, "rating": 5}}\n'
+    )
     with pytest.raises(SchemaError) as info:
         read_table(path)
     assert f"{path} line 2" in str(info.value) and "'item_id'" in str(info.value)
@@ -143,22 +158,27 @@ def test_non_utf8_table_names_file_line_and_offset(tmp_path, name):
 
 def test_too_many_rejects_are_copied_where_the_message_says(tmp_path):
     n = 50
-    reviews = pd.DataFrame({"user_id": [f"u{k}" for k in range(n)], "item_id": ["i"] * n,
-                            "rating": [5.0] * n})
+    reviews = pd.DataFrame({"user_id": [f"u{k}" for k in range(n)], "item_id": ["i"] * n, "rating": [5.0] * n})
     reviews.loc[[3, 9, 20], "rating"] = np.nan
     reviews.to_csv(tmp_path / "reviews.csv", index=False)
     (tmp_path / "items.csv").write_text("item_id,title\ni,t\n")
     copy = tmp_path / "logs" / "import_local.rejects.jsonl"
     with pytest.raises(ConvertError) as info:
-        import_local(tmp_path / "reviews.csv", tmp_path / "items.csv", tmp_path / "interim",
-                     max_reject_frac=0.01, rejects_copy=copy)
+        import_local(
+            tmp_path / "reviews.csv",
+            tmp_path / "items.csv",
+            tmp_path / "interim",
+            max_reject_frac=0.01,
+            rejects_copy=copy,
+        )
     message = str(info.value)
     assert "3 of 50 rows rejected" in message and str(copy.resolve()) in message
     kept = [json.loads(x) for x in copy.read_text().splitlines()]
     assert [r["line"] for r in kept] == [4, 10, 21]
     assert all(r["reason"] == "rating is not a finite number" for r in kept)
-    import_local(tmp_path / "reviews.csv", tmp_path / "items.csv", tmp_path / "interim",
-                 max_reject_frac=0.1, rejects_copy=copy)
+    import_local(
+        tmp_path / "reviews.csv", tmp_path / "items.csv", tmp_path / "interim", max_reject_frac=0.1, rejects_copy=copy
+    )
     assert not copy.exists()  # a later success leaves no stale evidence behind
 
 

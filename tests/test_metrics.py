@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
@@ -16,7 +15,6 @@ from llm4rec.metrics import (
     ndcg_at_k,
     recall_at_k,
     selection_score,
-    split_matrices,
     top_k,
 )
 
@@ -137,6 +135,34 @@ def test_top_k_float64_and_half_inputs():
             assert items[b].tolist() == ref_rank(base[b], np.zeros(30, bool), 6)
 
 
+def test_top_k_signed_zeros_infinities_and_boundary_ties_against_oracle():
+    # -0.0 and 0.0 are one score (ties by id); +inf and -inf candidates; a tie exactly at
+    # position k+1 and one that starts inside the selection and runs past it.
+    scores = torch.tensor(
+        [
+            [0.0, -0.0, 1.0, -0.0, 0.0, 2.0],
+            [float("inf"), 1.0, float("inf"), float("-inf"), 1.0, float("-inf")],
+            [3.0, 2.0, 2.0, 1.0, 2.0, 2.0],
+        ]
+    )
+    exclude = torch.tensor(
+        [
+            [False, False, False, True, False, False],
+            [False, True, False, False, False, False],
+            [False, False, True, False, False, False],
+        ]
+    )
+    for k in range(1, 8):
+        for ex in (None, exclude):
+            items, values = top_k(scores, k, ex)
+            for b in range(scores.shape[0]):
+                ex_row = np.zeros(6, bool) if ex is None else ex[b].numpy()
+                expected = ref_rank(scores[b].numpy(), ex_row, k)
+                assert items[b].tolist() == expected, (k, b)
+                want = [float(scores[b, i]) if i >= 0 else -np.inf for i in expected]
+                assert values[b].tolist() == want
+
+
 # ---------------------------------------------------------------- recall / ndcg
 def test_recall_ndcg_hand_values():
     ranked = np.array([[4, 2, 7, -1], [1, 0, 3, 2]])
@@ -204,8 +230,13 @@ def test_evaluator_matches_oracle(seed):
         return torch.from_numpy(scores[users])
 
     res = evaluate_scores(
-        score_fn, sp.csr_matrix(train), sp.csr_matrix(target),
-        ks_recall=ks_recall, ks_ndcg=ks_ndcg, batch_size=8, top_n=12,
+        score_fn,
+        sp.csr_matrix(train),
+        sp.csr_matrix(target),
+        ks_recall=ks_recall,
+        ks_ndcg=ks_ndcg,
+        batch_size=8,
+        top_n=12,
     )
     assert res.metrics["users"] == n
     for m, v in want.items():
@@ -224,6 +255,36 @@ def test_evaluator_matches_oracle(seed):
         expected = [i for i in ref_rank(scores[u], train[u].astype(bool), 12) if i >= 0]
         assert grp["iid"].tolist() == expected
         assert grp["score"].tolist() == scores[u, expected].tolist()
+
+
+def test_evaluator_sparse_exclusion_ties_and_scores_untouched():
+    """The evaluator excludes train items from the CSR (duplicate entries count once), on
+    tie-heavy scores, and never writes into the tensor the score function returned."""
+    rng = np.random.default_rng(11)
+    n_users, n_items = 40, 30
+    train, target, _ = _random_split(11, n_users, n_items)
+    scores = np.tile(rng.integers(0, 3, size=n_items).astype(np.float32), (n_users, 1))  # popularity-like
+    rows, cols = np.nonzero(train)
+    dup = sp.csr_matrix(
+        (np.ones(2 * rows.size, np.float32), (np.r_[rows, rows], np.r_[cols, cols])), shape=train.shape
+    )  # every train entry stored twice
+    want, n = ref_evaluate(scores, train, target, (1, 5, 20), (7, 100))
+    held = torch.from_numpy(scores[0].copy())
+    res = evaluate_scores(
+        lambda u: held.unsqueeze(0).expand(u.size, -1),  # a view: writes would alias
+        dup,
+        sp.csr_matrix(target),
+        ks_recall=(1, 5, 20),
+        ks_ndcg=(7, 100),
+        batch_size=7,
+        top_n=9,
+    )
+    assert torch.equal(held, torch.from_numpy(scores[0]))
+    assert res.metrics["users"] == n
+    for m, v in want.items():
+        assert res.metrics[m] == pytest.approx(v), m
+    for u, grp in res.top_k.groupby("uid"):
+        assert grp["iid"].tolist() == [i for i in ref_rank(scores[u], train[u].astype(bool), 9) if i >= 0]
 
 
 def test_evaluator_val_items_rankable_at_test_and_numpy_scores():
@@ -248,23 +309,3 @@ def test_evaluator_user_subset_and_shape_check():
 
 def test_selection_score():
     assert selection_score({"Recall@20": 0.1, "Recall@40": 0.2, "NDCG@100": 0.3, "users": 5}) == pytest.approx(0.6)
-
-
-def test_split_matrices():
-    df = pd.DataFrame(
-        {
-            "uid": [0, 0, 1, 1, 2, 2],
-            "iid": [0, 1, 1, 2, 0, 0],
-            "split": ["train", "val", "train", "test", "train", "train"],
-        }
-    )
-    mats = split_matrices(df, n_users=4, n_items=3)
-    assert set(mats) == {"train", "val", "test"}
-    assert all(m.shape == (4, 3) and m.format == "csr" for m in mats.values())
-    np.testing.assert_array_equal(mats["train"].toarray(), [[1, 0, 0], [0, 1, 0], [1, 0, 0], [0, 0, 0]])
-    np.testing.assert_array_equal(mats["val"].toarray(), [[0, 1, 0], [0, 0, 0], [0, 0, 0], [0, 0, 0]])
-    np.testing.assert_array_equal(mats["test"].toarray(), [[0, 0, 0], [0, 0, 1], [0, 0, 0], [0, 0, 0]])
-    with pytest.raises(ValueError, match="iid"):
-        split_matrices(df, n_users=4, n_items=2)
-    with pytest.raises(ValueError, match="split"):
-        split_matrices(df.assign(split="dev"), n_users=4, n_items=3)

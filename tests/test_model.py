@@ -20,34 +20,25 @@ from transformers import (
     Qwen2Config,
 )
 
-from llm4rec.collate import MASK_MIN, EdgeAwareCollator
-from llm4rec.graph import RelationIndex
-from llm4rec.model import (
-    EdgeAwareRecModel,
-    build_tiny_backbone,
-    check_backbone_supported,
-    context_length,
-    load_backbone,
-)
-from llm4rec.prompts import (
+from llm4rec.collate import EdgeAwareCollator
+from llm4rec.encoding import (
     KIND,
     build_collab_examples,
     build_content_examples,
     build_eval_examples,
     build_finetune_examples,
 )
-from llm4rec.tokenization import load_tokenizer, train_bpe_tokenizer
+from llm4rec.graph import RelationIndex
+from llm4rec.model import (
+    MASK_MIN,
+    EdgeAwareRecModel,
+    build_tiny_backbone,
+    check_backbone_supported,
+    context_length,
+    load_backbone,
+)
 
 N_USERS, N_ITEMS = 6, 6
-
-
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tok")
-    corpus = ["These items have the same brand: Acme. They are all in the category: Home"] * 10
-    corpus += ["user wrote the following review for it: great product; has interacted with, will interact with"] * 10
-    train_bpe_tokenizer(iter(corpus), d, vocab_size=300, min_frequency=1)
-    return load_tokenizer(d)
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +122,9 @@ def reference_embeds(model, batch, side):
     out = wte[ids.clamp(max=model.vocab - 1)].clone()
     for b, t in torch.nonzero(nodes >= 0).tolist():
         n = int(nodes[b, t])
-        tab = model.tables[f"{side}_user"].weight[n] if n < N_USERS else model.tables[f"{side}_item"].weight[n - N_USERS]
+        tab = (
+            model.tables[f"{side}_user"].weight[n] if n < N_USERS else model.tables[f"{side}_item"].weight[n - N_USERS]
+        )
         out[b, t] = tab
     return out
 
@@ -285,7 +278,11 @@ def test_losses_equal_hand_computation(tok, graph, tmp_path):
                 if n >= 0:
                     key = "user" if n < N_USERS else "item"
                     k = n if n < N_USERS else n - N_USERS
-                    hand += (model.tables[f"content_{key}"].weight[k] - model.tables[f"collab_{key}"].weight[k]).pow(2).sum()
+                    hand += (
+                        (model.tables[f"content_{key}"].weight[k] - model.tables[f"collab_{key}"].weight[k])
+                        .pow(2)
+                        .sum()
+                    )
         torch.testing.assert_close(reg, hand, rtol=1e-5, atol=1e-6)
 
         # collaborative: cross-entropy over items at main-text item positions
@@ -302,9 +299,10 @@ def test_losses_equal_hand_computation(tok, graph, tmp_path):
         torch.testing.assert_close(loss, torch.stack(terms).mean(), rtol=1e-5, atol=1e-6)
         # prompt user + each main item (users 1 and 4 of the path graph)
         nodes = [1, N_USERS + 0, N_USERS + 1, 4, N_USERS + 3, N_USERS + 4]
-        diff = torch.cat([model.tables["collab_user"].weight, items])[nodes] - torch.cat(
-            [model.tables["content_user"].weight, model.tables["content_item"].weight]
-        )[nodes]
+        diff = (
+            torch.cat([model.tables["collab_user"].weight, items])[nodes]
+            - torch.cat([model.tables["content_user"].weight, model.tables["content_item"].weight])[nodes]
+        )
         torch.testing.assert_close(reg, diff.pow(2).sum(), rtol=1e-5, atol=1e-6)
 
         # fine-tuning: multinomial loss from the last prompt token
@@ -363,7 +361,9 @@ def test_save_load_roundtrip(tok, graph, tmp_path):
     m, idx = graph
     model = _rec_model(_gpt2_dir(tmp_path, len(tok), "sdpa"), "sdpa")
     ev = model.entity_vocab
-    batch = EdgeAwareCollator(ev, idx, "seed")(list(build_eval_examples(_train_items(m), tok, ev, 64)[n] for n in range(3)))
+    batch = EdgeAwareCollator(ev, idx, "seed")(
+        list(build_eval_examples(_train_items(m), tok, ev, 64)[n] for n in range(3))
+    )
     model.save(tmp_path / "run")
     back = EdgeAwareRecModel.load(tmp_path / "run", attn_implementation="eager").eval()
     with torch.no_grad():

@@ -32,11 +32,17 @@ STEPS = ("content", "collab", "finetune")
 
 def examples(tok, ev, step: str) -> list[dict]:
     """A global batch of uneven examples for one step kind."""
-    from llm4rec.prompts import build_collab_examples, build_content_examples, build_finetune_examples
+    from llm4rec.encoding import build_collab_examples, build_content_examples, build_finetune_examples
 
     if step == "content":
-        inter = pd.DataFrame({"uid": [0, 1, 2, 3], "iid": [0, 1, 2, 3], "split": "train",
-                              "review_text": ["ok", "great", "a long review " * 12, "a longer review text " * 20]})
+        inter = pd.DataFrame(
+            {
+                "uid": [0, 1, 2, 3],
+                "iid": [0, 1, 2, 3],
+                "split": "train",
+                "review_text": ["ok", "great", "a long review " * 12, "a longer review text " * 20],
+            }
+        )
         items = pd.DataFrame({"iid": np.arange(N_ITEMS)})
         ex = build_content_examples(items, inter, None, tok, ev, 256)
     elif step == "collab":
@@ -51,11 +57,12 @@ def gradients(model_dir: Path, tok_dir: Path, micro_tokens: int | None = None) -
     import llm4rec.training as training
     from llm4rec.collate import EdgeAwareCollator
     from llm4rec.model import EdgeAwareRecModel
+    from llm4rec.stage import make_accelerator
     from llm4rec.tokenization import load_tokenizer
 
     if micro_tokens is not None:
         training.MICRO_BATCH_TOKENS = micro_tokens
-    acc = training.make_accelerator(0, threads=2)
+    acc = make_accelerator(0, threads=2)
     tok = load_tokenizer(tok_dir)
     model = EdgeAwareRecModel.load(model_dir, attn_implementation="sdpa")
     model.eval()  # no dropout: every process count sees the same function
@@ -80,11 +87,16 @@ def test_gradient_equals_across_process_counts(tmp_path):
     from llm4rec.model import EdgeAwareRecModel, build_tiny_backbone
     from llm4rec.tokenization import train_bpe_tokenizer
 
-    tok = train_bpe_tokenizer(["a long review text great ok", "has interacted with, will interact with"] * 20,
-                              tmp_path / "tok", vocab_size=300, min_frequency=1)
+    tok = train_bpe_tokenizer(
+        ["a long review text great ok", "has interacted with, will interact with"] * 20,
+        tmp_path / "tok",
+        vocab_size=300,
+        min_frequency=1,
+    )
     torch.manual_seed(0)
-    model = EdgeAwareRecModel(build_tiny_backbone(len(tok), 2, 32, 2, 256, dropout=0.0), N_USERS, N_ITEMS,
-                              edge_bias="none")
+    model = EdgeAwareRecModel(
+        build_tiny_backbone(len(tok), 2, 32, 2, 256, dropout=0.0), N_USERS, N_ITEMS, edge_bias="none"
+    )
     model.save(tmp_path / "model")
     ev = model.entity_vocab
     counts = [len(x["input_ids"]) - x["prompt_len"] for x in examples(tok, ev, "collab")]
@@ -93,9 +105,24 @@ def test_gradient_equals_across_process_counts(tmp_path):
     one = gradients(tmp_path / "model", tmp_path / "tok")
     env = {**os.environ, "PATH": os.pathsep.join([str(BIN), os.environ["PATH"]]), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        ["bash", str(REPO / "workflow/scripts/launch.sh"), "0", "2", __file__,
-         "--model", str(tmp_path / "model"), "--tok", str(tmp_path / "tok"), "--out", str(tmp_path / "two")],
-        capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path,
+        [
+            "bash",
+            str(REPO / "workflow/scripts/launch.sh"),
+            "0",
+            "2",
+            __file__,
+            "--model",
+            str(tmp_path / "model"),
+            "--tok",
+            str(tmp_path / "tok"),
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert (tmp_path / "two" / "processes.txt").read_text() == "2 MULTI_CPU"

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from llm4rec.preprocess import EmptyDatasetError, PreprocessSettings, k_core, preprocess
+from llm4rec.preprocess import EmptyDatasetError, PreprocessSettings, k_core, preprocess, split_matrices
 from llm4rec.text import clean_text
 
 
@@ -53,7 +53,9 @@ def reference_preprocess(reviews: pd.DataFrame, min_rating=3.0, core=5, seed=987
     pairs = brute_force_core(set(best), core, core)
     users = [u for u in first_user_order if any(p[0] == u for p in pairs)]
     random.Random(seed).shuffle(users)
-    by_user = {u: sorted((best[p] for p in pairs if p[0] == u), key=lambda r: (r["timestamp"], r["line"])) for u in users}
+    by_user = {
+        u: sorted((best[p] for p in pairs if p[0] == u), key=lambda r: (r["timestamp"], r["line"])) for u in users
+    }
     item_ids: dict[str, int] = {}
     for u in users:
         for r in by_user[u]:
@@ -73,14 +75,16 @@ def reference_preprocess(reviews: pd.DataFrame, min_rating=3.0, core=5, seed=987
 
 def random_reviews(seed: int, n_users=40, n_items=30, n=900) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    return pd.DataFrame({
-        "line": np.arange(1, n + 1),
-        "user_id": [f"U{u}" for u in rng.integers(0, n_users, n)],
-        "item_id": [f"I{i}" for i in rng.integers(0, n_items, n)],
-        "rating": rng.choice([1.0, 2.0, 3.0, 4.0, 5.0], n, p=[0.05, 0.05, 0.1, 0.3, 0.5]),
-        "timestamp": rng.integers(0, 40, n) * 86400,  # whole days: many ties
-        "review_text": [f"text {k} <b>bold</b> &amp; more" for k in range(n)],
-    })
+    return pd.DataFrame(
+        {
+            "line": np.arange(1, n + 1),
+            "user_id": [f"U{u}" for u in rng.integers(0, n_users, n)],
+            "item_id": [f"I{i}" for i in rng.integers(0, n_items, n)],
+            "rating": rng.choice([1.0, 2.0, 3.0, 4.0, 5.0], n, p=[0.05, 0.05, 0.1, 0.3, 0.5]),
+            "timestamp": rng.integers(0, 40, n) * 86400,  # whole days: many ties
+            "review_text": [f"text {k} <b>bold</b> &amp; more" for k in range(n)],
+        }
+    )
 
 
 def empty_items() -> pd.DataFrame:
@@ -104,7 +108,7 @@ def test_split_rule_text_and_cold_items(seed):
     reviews = random_reviews(seed, n_users=60, n_items=40, n=1500)
     out = preprocess(reviews, empty_items())
     inter = out["interactions"]
-    for uid, g in inter.groupby("uid"):
+    for _, g in inter.groupby("uid"):
         n = len(g)
         n_val = max(1, int(0.1 * n))
         counts = g["split"].astype(str).value_counts()
@@ -125,16 +129,24 @@ def test_hand_made_file():
     rows = []
 
     def add(user, item, rating, day, text=None):
-        rows.append({"line": len(rows) + 1, "user_id": user, "item_id": item, "rating": rating,
-                     "timestamp": day * 86400, "review_text": text or f"{user} on {item}"})
+        rows.append(
+            {
+                "line": len(rows) + 1,
+                "user_id": user,
+                "item_id": item,
+                "rating": rating,
+                "timestamp": day * 86400,
+                "review_text": text or f"{user} on {item}",
+            }
+        )
 
-    add("carol", "c", 2.0, 1)            # carol's first review is rated <= 3: not kept
+    add("carol", "c", 2.0, 1)  # carol's first review is rated <= 3: not kept
     add("alice", "b", 5.0, 3)
-    add("alice", "a", 4.0, 3)            # same day as b, later in the file
+    add("alice", "a", 4.0, 3)  # same day as b, later in the file
     add("bob", "a", 5.0, 2)
     add("carol", "a", 5.0, 5)
     for item in "cdef":
-        add("alice", item, 5.0, 9)       # four items on one day
+        add("alice", item, 5.0, 9)  # four items on one day
     add("alice", "b", 5.0, 1, "earlier duplicate")  # duplicate pair: the earlier timestamp wins
     for user, items in (("bob", "bcde"), ("carol", "bcdf")):
         for k, item in enumerate(items):
@@ -160,8 +172,10 @@ def test_hand_made_file():
     assert alice.iloc[1]["review_text"] == "alice on a"
     # One RandomState(98765) over users in id order: dave [0..5] -> [4, 2, 1, 0, 3, 5],
     # then alice [1, 0, 2, 3, 4, 5] -> [2, 4, 5, 0, 3, 1]; train, then 1 val, then 1 test.
-    expected = {0: {"train": [0, 1, 2, 4], "val": [3], "test": [5]},
-                1: {"train": [0, 2, 4, 5], "val": [3], "test": [1]}}
+    expected = {
+        0: {"train": [0, 1, 2, 4], "val": [3], "test": [5]},
+        1: {"train": [0, 2, 4, 5], "val": [3], "test": [1]},
+    }
     for uid, want in expected.items():
         rows_u = inter[inter["uid"] == uid]
         got = {s: sorted(rows_u.loc[rows_u["split"] == s, "iid"].tolist()) for s in ("train", "val", "test")}
@@ -178,14 +192,16 @@ def test_nothing_survives_names_the_fix():
 def test_items_last_record_wins_and_texts_are_clean():
     reviews = random_reviews(1)
     core_items = preprocess(reviews, empty_items())["items"]["item_id"].tolist()
-    meta = pd.DataFrame({
-        "line": [1, 2, 3],
-        "item_id": [core_items[0], core_items[1], core_items[0]],
-        "title": ['<span class="a-size-medium a-color-secondary"', "Nice &amp; <i>shiny</i>", "Second  title"],
-        "brand": ["Acme", " ", "Acme2"],
-        "categories": [["Root"], ["Root", "Hair &amp; Care"], ["Root", "Skin"]],
-        "description": ["old", "<p>Soft\n\n and <br/>warm</p>", "new"],
-    })
+    meta = pd.DataFrame(
+        {
+            "line": [1, 2, 3],
+            "item_id": [core_items[0], core_items[1], core_items[0]],
+            "title": ['<span class="a-size-medium a-color-secondary"', "Nice &amp; <i>shiny</i>", "Second  title"],
+            "brand": ["Acme", " ", "Acme2"],
+            "categories": [["Root"], ["Root", "Hair &amp; Care"], ["Root", "Skin"]],
+            "description": ["old", "<p>Soft\n\n and <br/>warm</p>", "new"],
+        }
+    )
     items = preprocess(reviews, meta)["items"].set_index("item_id")
     first, second = items.loc[core_items[0]], items.loc[core_items[1]]
     assert first["title"] == "Second title" and first["brand"] == "Acme2" and first["description"] == "new"
@@ -217,13 +233,36 @@ def test_matching_item_table_has_no_warning():
     assert preprocess(reviews, items)["stats"]["warnings"] == []
 
 
-@pytest.mark.parametrize("raw,clean", [
-    ('<span class="a-size-medium a-color-secondary"', None),
-    ("Fly &amp;amp; Tyer", "Fly & Tyer"),
-    (["a", "", "b <br> c"], "a b c"),
-    ("&lt;b&gt;Bold&lt;/b&gt; text", "Bold text"),
-    ("  ", None),
-    ("Price < 5 and > 2", "Price < 5 and > 2"),
-])
+@pytest.mark.parametrize(
+    "raw,clean",
+    [
+        ('<span class="a-size-medium a-color-secondary"', None),
+        ("Fly &amp;amp; Tyer", "Fly & Tyer"),
+        (["a", "", "b <br> c"], "a b c"),
+        ("&lt;b&gt;Bold&lt;/b&gt; text", "Bold text"),
+        ("  ", None),
+        ("Price < 5 and > 2", "Price < 5 and > 2"),
+    ],
+)
 def test_clean_text(raw, clean):
     assert clean_text(raw) == clean
+
+
+def test_split_matrices():
+    df = pd.DataFrame(
+        {
+            "uid": [0, 0, 1, 1, 2, 2],
+            "iid": [0, 1, 1, 2, 0, 0],
+            "split": ["train", "val", "train", "test", "train", "train"],
+        }
+    )
+    mats = split_matrices(df, n_users=4, n_items=3)
+    assert set(mats) == {"train", "val", "test"}
+    assert all(m.shape == (4, 3) and m.format == "csr" for m in mats.values())
+    np.testing.assert_array_equal(mats["train"].toarray(), [[1, 0, 0], [0, 1, 0], [1, 0, 0], [0, 0, 0]])
+    np.testing.assert_array_equal(mats["val"].toarray(), [[0, 1, 0], [0, 0, 0], [0, 0, 0], [0, 0, 0]])
+    np.testing.assert_array_equal(mats["test"].toarray(), [[0, 0, 0], [0, 0, 1], [0, 0, 0], [0, 0, 0]])
+    with pytest.raises(ValueError, match="iid"):
+        split_matrices(df, n_users=4, n_items=2)
+    with pytest.raises(ValueError, match="split"):
+        split_matrices(df.assign(split="dev"), n_users=4, n_items=3)

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import snakemake
-from llm4rec.prompts import KIND, Examples
+
+from llm4rec.encoding import KIND, Examples
 from llm4rec.report import NoSecondOrderPrompt, plot_no_relation_bias, second_order_bias
 
 CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium") or "") if p and Path(p).is_file()), None)
@@ -36,17 +36,35 @@ class DevTools:
     def __init__(self, binary: str, profile: Path) -> None:
         to_r, self._to_w = os.pipe()
         self._from_r, from_w = os.pipe()
-        args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                f"--user-data-dir={profile}", "--remote-debugging-pipe", "about:blank"]
+        args = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            "--remote-debugging-pipe",
+            "about:blank",
+        ]
         # Chromium reads commands on fd 3 and writes replies and events on fd 4. The pipe ends
         # move above 9 first, so that the two dup2 calls cannot overwrite each other; every other
         # descriptor of ours is close-on-exec (Python's default) and stays behind.
         hi_r, hi_w = (fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (to_r, from_w))
         devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
-        self.pid = os.posix_spawn(binary, [binary, *args], dict(os.environ), file_actions=[
-            (os.POSIX_SPAWN_DUP2, hi_r, 3), (os.POSIX_SPAWN_DUP2, hi_w, 4),
-            (os.POSIX_SPAWN_DUP2, devnull, 1), (os.POSIX_SPAWN_DUP2, devnull, 2)])
+        self.pid = os.posix_spawn(
+            binary,
+            [binary, *args],
+            dict(os.environ),
+            file_actions=[
+                (os.POSIX_SPAWN_DUP2, hi_r, 3),
+                (os.POSIX_SPAWN_DUP2, hi_w, 4),
+                (os.POSIX_SPAWN_DUP2, devnull, 1),
+                (os.POSIX_SPAWN_DUP2, devnull, 2),
+            ],
+        )
         for fd in (to_r, from_w, hi_r, hi_w, devnull):
             os.close(fd)
         self._buf = b""
@@ -96,8 +114,9 @@ class DevTools:
 
     def open(self, url: str) -> None:
         target = self.send("Target.createTarget", {"url": "about:blank"}, session=False)["targetId"]
-        self.session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True},
-                                 session=False)["sessionId"]
+        self.session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True}, session=False)[
+            "sessionId"
+        ]
         for domain in ("Runtime", "Log", "Page"):
             self.send(f"{domain}.enable")
         self.send("Page.navigate", {"url": url})
@@ -183,9 +202,11 @@ def test_devtools_sees_console_errors(tmp_path):
     if CHROMIUM is None:
         pytest.skip("chromium is not installed (CI installs it with .ci/setup-chromium.sh)")
     page = tmp_path / "page.html"
-    page.write_text("<html><body><p id='app'><table><tr><td>42.5</td></tr></table></p><script>"
-                    "console.log('fine'); console.warn('careful'); console.error('broken');"
-                    "setTimeout(() => { null.x; }, 10);</script></body></html>")
+    page.write_text(
+        "<html><body><p id='app'><table><tr><td>42.5</td></tr></table></p><script>"
+        "console.log('fine'); console.warn('careful'); console.error('broken');"
+        "setTimeout(() => { null.x; }, 10);</script></body></html>"
+    )
     text, errors, _ = render(page, tmp_path / "profile", wait_s=3)
     assert any("broken" in e for e in errors), errors
     assert any("exception" in e for e in errors), errors
@@ -224,8 +245,10 @@ def test_demo_baselines_and_summary(demo_run):
     """The demo run's baselines: Multi-VAE's loss falls and it beats popularity; the summary has
     one row per method and seed with a time."""
     d = demo_run / "results" / "demo"
-    metrics = {n: json.loads((d / "baselines" / n / "metrics.json").read_text())
-               for n in ("popularity", "itemknn", "ease", "multivae-s0")}
+    metrics = {
+        n: json.loads((d / "baselines" / n / "metrics.json").read_text())
+        for n in ("popularity", "itemknn", "ease", "multivae-s0")
+    }
     for m in metrics.values():
         assert set(m["test"]) == {"Recall@20", "Recall@40", "NDCG@100", "users"}
     vae, pop = metrics["multivae-s0"]["test"], metrics["popularity"]["test"]
@@ -237,14 +260,21 @@ def test_demo_baselines_and_summary(demo_run):
     assert list(summary["method"]) == ["full", "popularity", "itemknn", "ease", "multivae"]
     assert (summary["seconds"] > 0).all()
     assert summary.loc[summary["method"] == "full", "Recall@20"].item() == pytest.approx(
-        json.loads((d / "full-s0" / "metrics.json").read_text())["test"]["Recall@20"])
+        json.loads((d / "full-s0" / "metrics.json").read_text())["test"]["Recall@20"]
+    )
 
 
 def test_no_second_order_prompt_makes_a_figure_that_says_so(tmp_path):
     """Items sharing no brand or category: no heatmap to draw, a figure with the reason instead."""
-    texts = Examples(ids=np.array([5, 6, 7]), offsets=np.array([0, 3]), prompt_len=np.array([3], dtype=np.int32),
-                     kind=np.array([KIND["review"]], dtype=np.int8), uid=np.array([-1]),
-                     items=np.empty(0, dtype=np.int64), item_offsets=np.zeros(2, dtype=np.int64))
+    texts = Examples(
+        ids=np.array([5, 6, 7]),
+        offsets=np.array([0, 3]),
+        prompt_len=np.array([3], dtype=np.int32),
+        kind=np.array([KIND["review"]], dtype=np.int8),
+        uid=np.array([-1]),
+        items=np.empty(0, dtype=np.int64),
+        item_offsets=np.zeros(2, dtype=np.int64),
+    )
     with pytest.raises(NoSecondOrderPrompt, match="no second-order prompt"):
         second_order_bias(texts, None, 50, 12, 9)
     plot_no_relation_bias(tmp_path / "bias.svg", "no brand or category is shared by two items of mine")

@@ -13,20 +13,22 @@ from llm4rec.second_order import build_second_order, save_second_order
 
 
 def _items():
-    return pd.DataFrame({
-        "iid": [0, 1, 2, 3, 4, 5, 6, 7],
-        "brand": ["Acme", "Acme", "Solo", None, "Bolt", "Bolt", "Bolt", ""],
-        "categories": [
-            ["Beauty", "Skin", "Face"],
-            ["Beauty", "Skin", "Skin"],     # repeated category counts once
-            ["Beauty", "Hair"],
-            ["Beauty", "Hair", "Face"],
-            ["Beauty"],
-            None,
-            np.array(["Beauty", "Nails"]),  # parquet gives arrays
-            [],
-        ],
-    })
+    return pd.DataFrame(
+        {
+            "iid": [0, 1, 2, 3, 4, 5, 6, 7],
+            "brand": ["Acme", "Acme", "Solo", None, "Bolt", "Bolt", "Bolt", ""],
+            "categories": [
+                ["Beauty", "Skin", "Face"],
+                ["Beauty", "Skin", "Skin"],  # repeated category counts once
+                ["Beauty", "Hair"],
+                ["Beauty", "Hair", "Face"],
+                ["Beauty"],
+                None,
+                np.array(["Beauty", "Nails"]),  # parquet gives arrays
+                [],
+            ],
+        }
+    )
 
 
 def _rows(df):
@@ -62,15 +64,20 @@ def _expected_chunks(members, k, seed, kind, value):
     sizes = [len(members) // n_chunks + (1 if c < len(members) % n_chunks else 0) for c in range(n_chunks)]
     out, start = [], 0
     for s in sizes:
-        out.append(sorted(int(x) for x in perm[start:start + s]))
+        out.append(sorted(int(x) for x in perm[start : start + s]))
         start += s
     return out
 
 
 def test_chunking_is_seeded_balanced_and_exact():
     n = 23
-    items = pd.DataFrame({"iid": np.arange(100, 100 + n), "brand": ["Big"] * n,
-                          "categories": [["Cat A"] if i < 7 else ["Other"] for i in range(n)]})
+    items = pd.DataFrame(
+        {
+            "iid": np.arange(100, 100 + n),
+            "brand": ["Big"] * n,
+            "categories": [["Cat A"] if i < 7 else ["Other"] for i in range(n)],
+        }
+    )
     out = build_second_order(items, max_items_per_prompt=5, seed=42)
     big = out[out["value"] == "Big"]
     assert list(big["chunk"]) == [0, 1, 2, 3, 4]
@@ -91,8 +98,9 @@ def test_chunking_is_seeded_balanced_and_exact():
 
 def test_one_group_change_does_not_reshuffle_another():
     n = 20
-    items = pd.DataFrame({"iid": np.arange(n), "brand": ["B1"] * 10 + ["B2"] * 10,
-                          "categories": [[] for _ in range(n)]})
+    items = pd.DataFrame(
+        {"iid": np.arange(n), "brand": ["B1"] * 10 + ["B2"] * 10, "categories": [[] for _ in range(n)]}
+    )
     base = build_second_order(items, max_items_per_prompt=4)
     items.loc[0, "brand"] = "B3"
     changed = build_second_order(items, max_items_per_prompt=4)

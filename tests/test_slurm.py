@@ -16,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, copy_checkout, planned_jobs, snakemake
 from slurm_cluster import local_cluster, unavailable
 
@@ -26,8 +25,13 @@ METRICS = "results/demo/full-s0/metrics.json"
 TARGETS = ["results/demo/processed/stats.json", "results/demo/graph/stats.json", METRICS]
 # What Debian's SLURM 22.05 on the test node needs: no accounts, no sacct (no accounting
 # storage), a quick first status check, and no GPUs asked for (the node has none).
-SLURM_TEST_FLAGS = ["--slurm-no-account", "--slurm-status-command", "squeue",
-                    "--slurm-init-seconds-before-status-checks", "1"]
+SLURM_TEST_FLAGS = [
+    "--slurm-no-account",
+    "--slurm-status-command",
+    "squeue",
+    "--slurm-init-seconds-before-status-checks",
+    "1",
+]
 NO_GPU = ["--set-resources", *(f"{rule}:gpu=0" for rule in sorted(GPU_RULES))]
 
 
@@ -70,8 +74,17 @@ def test_profile_dry_run_plans_the_whole_workflow(fresh: Path):
     local = planned_jobs(snakemake(fresh, "-n", "--cores", "all"))
     proc = snakemake(fresh, "--profile", "slurm", "-n")
     assert planned_jobs(proc) == local
-    assert {"download", "convert", "preprocess", "relation_matrix", "second_order", "tokenizer",
-            "encode", *GPU_RULES, "all"} <= set(local)
+    assert {
+        "download",
+        "convert",
+        "preprocess",
+        "relation_matrix",
+        "second_order",
+        "tokenizer",
+        "encode",
+        *GPU_RULES,
+        "all",
+    } <= set(local)
     jobs = job_blocks(proc.stdout + proc.stderr)
     assert gpu_rules(jobs) == GPU_RULES
     for rule, job in jobs.items():
@@ -93,13 +106,16 @@ def test_profile_gpu_override_sets_processes(fresh: Path):
     assert all(re.search(r"launch\.sh\"? 0 1 ", jobs[rule]["shell"]) for rule in GPU_RULES)
 
 
-@pytest.mark.parametrize(("gpus", "cpu", "expected"), [
-    (0, 1, ["--num_processes", "1"]),
-    (1, 1, ["--num_processes", "1"]),
-    (1, 3, ["--num_processes", "1"]),
-    (0, 2, ["--num_processes", "2", "--multi_gpu"]),
-    (4, 1, ["--num_processes", "4", "--multi_gpu"]),
-])
+@pytest.mark.parametrize(
+    ("gpus", "cpu", "expected"),
+    [
+        (0, 1, ["--num_processes", "1"]),
+        (1, 1, ["--num_processes", "1"]),
+        (1, 3, ["--num_processes", "1"]),
+        (0, 2, ["--num_processes", "2", "--multi_gpu"]),
+        (4, 1, ["--num_processes", "4", "--multi_gpu"]),
+    ],
+)
 def test_launch_processes_follow_gpus(tmp_path: Path, gpus: int, cpu: int, expected: list[str]):
     """launch.sh: one process per GPU; without GPUs the configured CPU process count."""
     fake = tmp_path / "accelerate"
@@ -107,12 +123,14 @@ def test_launch_processes_follow_gpus(tmp_path: Path, gpus: int, cpu: int, expec
     fake.chmod(0o755)
     out = subprocess.run(
         ["bash", str(REPO / "workflow" / "scripts" / "launch.sh"), str(gpus), str(cpu), "train.py", "--x", "1"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
         env={**os.environ, "PATH": os.pathsep.join([str(tmp_path), os.environ["PATH"]])},
     ).stdout.split()
     assert out[0] == "launch" and out[-3:] == ["train.py", "--x", "1"]
     i = out.index("--num_processes")
-    assert out[i:i + 2] == expected[:2]
+    assert out[i : i + 2] == expected[:2]
     assert ("--multi_gpu" in out) == ("--multi_gpu" in expected)
 
 
@@ -134,15 +152,31 @@ def test_slurm_run_matches_local_run(tmp_path: Path):
     with ThreadPoolExecutor(1) as pool:
         local_run = pool.submit(snakemake, local, "--cores", "2", *TARGETS, *CI, timeout=900)
         with local_cluster(tmp_path / "cluster", cpus=2, mem_mb=32000) as env:
-            proc = snakemake(remote, "--profile", "slurm", "--cores", "2", *TARGETS, *SLURM_TEST_FLAGS,
-                             *NO_GPU, *CI, env=env, timeout=900)
+            proc = snakemake(
+                remote,
+                "--profile",
+                "slurm",
+                "--cores",
+                "2",
+                *TARGETS,
+                *SLURM_TEST_FLAGS,
+                *NO_GPU,
+                *CI,
+                env=env,
+                timeout=900,
+            )
             log = proc.stdout + proc.stderr
             submitted = dict(re.findall(r"submitted with SLURM jobid (\d+) \(log: \S*/slurm_logs/rule_(\w+)/", log))
             # What SLURM itself recorded for each job (kept for an hour: MinJobAge).
             slurm_jobs = {}
             for jobid in submitted:
-                out = subprocess.run(["scontrol", "-o", "show", "job", jobid], capture_output=True, text=True,
-                                     check=True, env={**os.environ, **env}).stdout
+                out = subprocess.run(
+                    ["scontrol", "-o", "show", "job", jobid],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                    env={**os.environ, **env},
+                ).stdout
                 slurm_jobs[jobid] = dict(kv.split("=", 1) for kv in out.split() if "=" in kv)
         local_run.result()
 
@@ -160,8 +194,15 @@ def test_slurm_run_matches_local_run(tmp_path: Path):
     for rule in GPU_RULES:  # training: 2 threads (--cores 2, as in the local run), one process
         assert ran[rule]["threads"] == "2" and "--threads 2 " in ran[rule]["shell"], ran[rule]
         assert re.search(r"launch\.sh\"? 0 1 ", ran[rule]["shell"]), ran[rule]["shell"]
-    assert {"convert", "preprocess", "relation_matrix", "second_order", "tokenizer", "encode",
-            *GPU_RULES} <= submitted_rules
+    assert {
+        "convert",
+        "preprocess",
+        "relation_matrix",
+        "second_order",
+        "tokenizer",
+        "encode",
+        *GPU_RULES,
+    } <= submitted_rules
     assert len(submitted) == len(submitted_rules)  # one SLURM job per rule, each with its own id
 
     got = json.loads((remote / METRICS).read_text())

@@ -12,8 +12,9 @@ import scipy.sparse as sp
 import scipy.stats
 
 from llm4rec.baseline_runs import BASELINES, run_baseline, write_baseline_run
+from llm4rec.download import sha256_file
+from llm4rec.encoding import KIND, Examples
 from llm4rec.graph import RelationIndex, relation_from_hops
-from llm4rec.prompts import KIND, Examples
 from llm4rec.report import (
     RunRecord,
     benchmark_seconds,
@@ -28,7 +29,6 @@ from llm4rec.report import (
     plot_training_curves,
     provenance_html,
     second_order_bias,
-    sha256_file,
     summary_table,
 )
 
@@ -39,9 +39,15 @@ def _run(tmp_path, name, test, seconds=None, epoch=3, users=4):
     """A run folder as `evaluate` writes it (metrics.json), plus a benchmark file."""
     d = tmp_path / name
     d.mkdir(parents=True)
-    (d / "metrics.json").write_text(json.dumps({
-        "test": {**dict(zip(METRICS, test)), "users": users},
-        "val": dict(zip(METRICS, [v / 2 for v in test])), "epoch": epoch}))
+    (d / "metrics.json").write_text(
+        json.dumps(
+            {
+                "test": {**dict(zip(METRICS, test)), "users": users},
+                "val": dict(zip(METRICS, [v / 2 for v in test])),
+                "epoch": epoch,
+            }
+        )
+    )
     bench = []
     for k, s in enumerate(seconds or []):
         b = tmp_path / "bench" / f"{name}-{k}.tsv"
@@ -102,8 +108,11 @@ def test_paired_wilcoxon_matches_scipy_on_seed_means():
     n = 60
     full = [rng.random(n), rng.random(n)]
     abl = [np.clip(f - 0.1 + 0.05 * rng.standard_normal(n), 0, 1) for f in full]
-    per_user = {"full": [_per_user(f) for f in full], "no_edge_bias": [_per_user(a) for a in abl],
-                "same": [_per_user(f) for f in full]}
+    per_user = {
+        "full": [_per_user(f) for f in full],
+        "no_edge_bias": [_per_user(a) for a in abl],
+        "same": [_per_user(f) for f in full],
+    }
     w = paired_wilcoxon(per_user, reference="full").set_index("method")
     ref = scipy.stats.wilcoxon((full[0] + full[1]) / 2, (abl[0] + abl[1]) / 2)
     assert w.loc["no_edge_bias", "p_value"] == pytest.approx(ref.pvalue)
@@ -122,9 +131,22 @@ def test_method_table_carries_p_values(tmp_path):
     for name in ("full", "no_edge_bias"):
         d, b = _run(tmp_path, name, (0.3, 0.4, 0.2), seconds=[1])
         recs.append(RunRecord(name, "variant", 0, d, b))
-    w = pd.DataFrame([{"method": "no_edge_bias", "reference": "full", "metric": "Recall@20", "n_users": 4,
-                       "n_nonzero": 4, "mean_reference": 0.3, "mean_method": 0.2, "mean_diff": 0.1,
-                       "statistic": 1.0, "p_value": 0.0123}])
+    w = pd.DataFrame(
+        [
+            {
+                "method": "no_edge_bias",
+                "reference": "full",
+                "metric": "Recall@20",
+                "n_users": 4,
+                "n_nonzero": 4,
+                "mean_reference": 0.3,
+                "mean_method": 0.2,
+                "mean_diff": 0.1,
+                "statistic": 1.0,
+                "p_value": 0.0123,
+            }
+        ]
+    )
     m = method_table(summary_table(recs), w).set_index("method")
     assert pd.isna(m.loc["full", "wilcoxon_p"]) and m.loc["no_edge_bias", "wilcoxon_p"] == 0.0123
     shown = display_table(m.reset_index())
@@ -132,17 +154,39 @@ def test_method_table_carries_p_values(tmp_path):
 
 
 def test_figures_are_written(tmp_path):
-    s = pd.DataFrame({"method": ["full", "full", "pop"], "seed": [0, 1, None],
-                      **{k: [0.3, 0.35, 0.1] for k in METRICS}, "seconds": [1.0, 2.0, 0.5]})
+    s = pd.DataFrame(
+        {
+            "method": ["full", "full", "pop"],
+            "seed": [0, 1, None],
+            **{k: [0.3, 0.35, 0.1] for k in METRICS},
+            "seconds": [1.0, 2.0, 0.5],
+        }
+    )
     plot_methods(method_table(s.assign(kind="x")), s, tmp_path / "m.svg")
-    pre = pd.DataFrame({"epoch": [0, 1, 2], "kind": ["content", "collab", "collab"], "loss": [2.0, 1.5, 1.0],
-                        "reg": 0.0, "seconds": 1.0})
-    fin = pd.DataFrame({"epoch": [0, 1], "loss": [3.0, 2.0], **{f"val_{k}": [0.1, 0.2] for k in METRICS},
-                        "val_score": [0.3, 0.6]})
-    plot_training_curves("full", {0: {"pretrain": pre, "finetune": fin}, 1: {"pretrain": pre, "finetune": fin}},
-                         tmp_path / "c.svg")
-    vae = pd.DataFrame({"epoch": [0, 1], "loss": [5.0, 4.0], "beta": [0.0, 0.1], **{k: [0.1, 0.2] for k in METRICS},
-                        "selection": [0.3, 0.6]})
+    pre = pd.DataFrame(
+        {
+            "epoch": [0, 1, 2],
+            "kind": ["content", "collab", "collab"],
+            "loss": [2.0, 1.5, 1.0],
+            "reg": 0.0,
+            "seconds": 1.0,
+        }
+    )
+    fin = pd.DataFrame(
+        {"epoch": [0, 1], "loss": [3.0, 2.0], **{f"val_{k}": [0.1, 0.2] for k in METRICS}, "val_score": [0.3, 0.6]}
+    )
+    plot_training_curves(
+        "full", {0: {"pretrain": pre, "finetune": fin}, 1: {"pretrain": pre, "finetune": fin}}, tmp_path / "c.svg"
+    )
+    vae = pd.DataFrame(
+        {
+            "epoch": [0, 1],
+            "loss": [5.0, 4.0],
+            "beta": [0.0, 0.1],
+            **{k: [0.1, 0.2] for k in METRICS},
+            "selection": [0.3, 0.6],
+        }
+    )
     plot_multivae_curves({0: vae}, tmp_path / "v.svg")
     for f in ("m.svg", "c.svg", "v.svg"):
         text = (tmp_path / f).read_text()
@@ -158,12 +202,19 @@ def test_second_order_bias_is_the_collator_mask_of_a_real_prompt(tmp_path):
     index = RelationIndex(train, max_hops=5)
     vocab, n_users, n_items = 50, 12, 9
     items = [0, 3, 5, 8]
-    ids = np.concatenate([[1, 2], vocab + n_users + np.array(items[:2]), [3], vocab + n_users + np.array(items[2:]), [4]])
+    ids = np.concatenate(
+        [[1, 2], vocab + n_users + np.array(items[:2]), [3], vocab + n_users + np.array(items[2:]), [4]]
+    )
     text_only = np.array([5, 6, 7])
-    ex = Examples(ids=np.concatenate([text_only, ids]), offsets=np.array([0, 3, 3 + ids.size]),
-                  prompt_len=np.array([3, ids.size], dtype=np.int32),
-                  kind=np.array([KIND["review"], KIND["so_brand"]], dtype=np.int8), uid=np.array([-1, -1]),
-                  items=np.empty(0, dtype=np.int64), item_offsets=np.zeros(3, dtype=np.int64))
+    ex = Examples(
+        ids=np.concatenate([text_only, ids]),
+        offsets=np.array([0, 3, 3 + ids.size]),
+        prompt_len=np.array([3, ids.size], dtype=np.int32),
+        kind=np.array([KIND["review"], KIND["so_brand"]], dtype=np.int8),
+        uid=np.array([-1, -1]),
+        items=np.empty(0, dtype=np.int64),
+        item_offsets=np.zeros(3, dtype=np.int64),
+    )
     b = second_order_bias(ex, index, vocab, n_users, n_items)
     assert b.example == 1 and b.kind == "so_brand"
     assert b.labels == [f"item_{i}" for i in items]
@@ -176,9 +227,15 @@ def test_second_order_bias_is_the_collator_mask_of_a_real_prompt(tmp_path):
     assert np.isnan(b.bias[~lower]).all()
     plot_relation_bias(b, tmp_path / "h.svg")
     assert "<svg" in (tmp_path / "h.svg").read_text()
-    no_graph = Examples(ids=text_only, offsets=np.array([0, 3]), prompt_len=np.array([3], dtype=np.int32),
-                        kind=np.array([KIND["review"]], dtype=np.int8), uid=np.array([-1]),
-                        items=np.empty(0, dtype=np.int64), item_offsets=np.zeros(2, dtype=np.int64))
+    no_graph = Examples(
+        ids=text_only,
+        offsets=np.array([0, 3]),
+        prompt_len=np.array([3], dtype=np.int32),
+        kind=np.array([KIND["review"]], dtype=np.int8),
+        uid=np.array([-1]),
+        items=np.empty(0, dtype=np.int64),
+        item_offsets=np.zeros(2, dtype=np.int64),
+    )
     with pytest.raises(ValueError, match="second-order"):
         second_order_bias(no_graph, index, vocab, n_users, n_items)
 
@@ -189,8 +246,14 @@ def test_provenance_and_dataset_pages(tmp_path):
     page = provenance_html("seeds: [0]\n", "0123abc", {"numpy": "1.0"}, {"reviews": raw})
     assert sha256_file(raw) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     assert sha256_file(raw) in page and "0123abc" in page and "seeds: [0]" in page and "numpy" in page
-    stats = {"users": 7, "items": 5, "interactions": 30, "sparsity": 0.1, "per_split": {"train": 20},
-             "steps": {"k_core": {"interactions": 30, "users": 7, "items": 5}}}
+    stats = {
+        "users": 7,
+        "items": 5,
+        "interactions": 30,
+        "sparsity": 0.1,
+        "per_split": {"train": 20},
+        "steps": {"k_core": {"interactions": 30, "users": 7, "items": 5}},
+    }
     page = dataset_stats_html("demo", stats, {"nodes": 12, "edges": 20, "item_pair_hops": {"histogram": {"2": 4}}})
     assert "k_core" in page and ">12<" in page and ">20<" in page
 
@@ -211,8 +274,10 @@ def _blocks(seed=0):
 @pytest.mark.parametrize("name", BASELINES)
 def test_baseline_run_writes_a_variants_files(tmp_path, name):
     mats = _blocks()
-    settings = {"multivae": {"epochs": 3, "patience": 3, "batch_size": 16, "total_anneal_steps": 5},
-                "ease": {"lambdas": [1.0, 10.0]}}.get(name, {})
+    settings = {
+        "multivae": {"epochs": 3, "patience": 3, "batch_size": 16, "total_anneal_steps": 5},
+        "ease": {"lambdas": [1.0, 10.0]},
+    }.get(name, {})
     run = run_baseline(name, mats, settings, seed=1, top_k=5)
     m = run.metrics
     assert set(m["test"]) == {*METRICS, "users"} and set(m["val"]) == set(METRICS)
@@ -239,6 +304,16 @@ def test_block_baselines_beat_popularity():
     mats = _blocks()
     pop = run_baseline("popularity", mats).metrics["test"]["Recall@20"]
     for name in ("itemknn", "ease"):
-        assert run_baseline(name, mats, {"lambdas": [1.0]} if name == "ease" else {}).metrics["test"]["Recall@20"] >= pop
+        assert (
+            run_baseline(name, mats, {"lambdas": [1.0]} if name == "ease" else {}).metrics["test"]["Recall@20"] >= pop
+        )
     with pytest.raises(ValueError, match="unknown baseline"):
         run_baseline("bpr", mats)
+
+
+def test_report_metric_names_are_the_evaluated_ones():
+    """report.py writes the names out (it must not import torch); they must stay the same."""
+    from llm4rec.evaluation import METRICS as evaluated
+    from llm4rec.report import METRICS as reported
+
+    assert reported == evaluated

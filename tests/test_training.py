@@ -14,14 +14,20 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import BIN, CI_CONFIG, CI_RUN, planned_jobs, snakemake
 
-from conftest import BIN, CI_CONFIG, CI_RUN, snakemake
 from llm4rec.checkpoint import Checkpoint, TrainingState, fingerprint
-from llm4rec.training import NonFiniteLossError, global_batches, local_share, pretrain_schedule
+from llm4rec.collate import global_batches
+from llm4rec.stage import PretrainSettings
+from llm4rec.training import NonFiniteLossError, local_share, pretrain_schedule
 
 
 def test_pretrain_schedule_follows_the_seed():
-    plan = pretrain_schedule({"content_epochs": 3, "collab_epochs": 100, "content_every": 50})
+    plan = pretrain_schedule(
+        PretrainSettings(
+            content_epochs=3, collab_epochs=100, content_every=50, lr=1e-3, batch_content=4, batch_collab=32
+        )
+    )
     assert plan[:3] == [("content", False)] * 3
     assert len(plan) == 3 + 100 + 2
     assert plan[3 + 50] == ("content", True) and plan[-1] == ("content", True)
@@ -69,10 +75,11 @@ def test_fingerprint_changes_with_settings_version_and_inputs(tmp_path):
 
 def test_nonfinite_loss_names_stage_epoch_and_batch(tmp_path):
     from llm4rec.collate import EdgeAwareCollator
+    from llm4rec.encoding import build_collab_examples
     from llm4rec.model import EdgeAwareRecModel, build_tiny_backbone
-    from llm4rec.prompts import build_collab_examples
+    from llm4rec.stage import make_accelerator
     from llm4rec.tokenization import train_bpe_tokenizer
-    from llm4rec.training import _epoch, make_accelerator
+    from llm4rec.training import _epoch
 
     tok = train_bpe_tokenizer(["some text has interacted with"] * 20, tmp_path / "tok", vocab_size=300)
     model = EdgeAwareRecModel(build_tiny_backbone(len(tok), 1, 16, 2, 64), 4, 6, edge_bias="none")
@@ -84,8 +91,17 @@ def test_nonfinite_loss_names_stage_epoch_and_batch(tmp_path):
     from llm4rec.training import _Steps
 
     with pytest.raises(NonFiniteLossError, match=r"pretrain epoch 7 \(collab\), batch 1"):
-        _epoch(_Steps(model), acc, opt, ex, EdgeAwareCollator(model.entity_vocab, None, "none"), 2,
-               "collab", True, "pretrain epoch 7 (collab)")
+        _epoch(
+            _Steps(model),
+            acc,
+            opt,
+            ex,
+            EdgeAwareCollator(model.entity_vocab, None, "none"),
+            2,
+            "collab",
+            True,
+            "pretrain epoch 7 (collab)",
+        )
 
 
 def popularity_recall_at_20(processed: Path) -> float:
@@ -120,16 +136,20 @@ def test_demo_model_beats_popularity(demo_run):
 @pytest.mark.slow
 def test_cli_recommend(demo_run):
     run = demo_run / "results/demo/full-s0"
-    ok = subprocess.run([str(BIN / "llm4rec"), "recommend", "--run", str(run), "--user", "3", "--top", "5"],
-                        capture_output=True, text=True)
+    ok = subprocess.run(
+        [str(BIN / "llm4rec"), "recommend", "--run", str(run), "--user", "3", "--top", "5"],
+        capture_output=True,
+        text=True,
+    )
     assert ok.returncode == 0, ok.stderr
     lines = ok.stdout.strip().splitlines()
     assert lines[0].startswith("top 5 items for user_3") and len(lines) == 6
     recs = pd.read_parquet(run / "recommendations.parquet")
     first = recs[(recs["uid"] == 3) & (recs["rank"] == 1)].iloc[0]
     assert f"item_{int(first['iid'])}" in lines[1]
-    bad = subprocess.run([str(BIN / "llm4rec"), "recommend", "--run", str(run), "--user", "someone-new"],
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [str(BIN / "llm4rec"), "recommend", "--run", str(run), "--user", "someone-new"], capture_output=True, text=True
+    )
     assert bad.returncode == 2 and "no entity token" in bad.stderr
 
 
@@ -142,8 +162,14 @@ def _without_finetune_outputs(work: Path) -> None:
 
 
 def _start(work: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([str(BIN / "snakemake"), *args], cwd=work, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [str(BIN / "snakemake"), *args],
+        cwd=work,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _kill_after_first_epoch(work: Path, proc: subprocess.Popen, stage: str) -> int:
@@ -158,6 +184,13 @@ def _kill_after_first_epoch(work: Path, proc: subprocess.Popen, stage: str) -> i
                 return json.loads(state.read_text())["state"]["epoch"]  # the state as killed
         time.sleep(0.05)
     raise AssertionError(f"{stage} never wrote a checkpoint: {proc.communicate()[0][-3000:]}")
+
+
+@pytest.mark.slow
+def test_moved_checkout_reruns_nothing(ci_copy):
+    """`ci_copy` is the trained `ci_base` in another folder: no rule's command or params holds
+    an absolute path (launch.sh by $LLM4REC_SCRIPTS, stages by module name), so nothing reruns."""
+    assert planned_jobs(snakemake(ci_copy, f"{CI_RUN}/metrics.json", "-n", *CI_CONFIG)) == {}
 
 
 @pytest.mark.slow
@@ -203,8 +236,18 @@ def test_two_cpu_processes(ci_copy):
     (work / "two.yaml").write_text("launch: {num_processes: 2}\n")
     two = ("two.yaml",)
     # The process count is a param of the training rules: keep the trained checkpoint.
-    snakemake(work, f"{CI_RUN}/metrics.json", "--cores", "1", *CI_CONFIG, *two, "--forcerun", "evaluate",
-              "--rerun-triggers", "mtime")
+    snakemake(
+        work,
+        f"{CI_RUN}/metrics.json",
+        "--cores",
+        "1",
+        *CI_CONFIG,
+        *two,
+        "--forcerun",
+        "evaluate",
+        "--rerun-triggers",
+        "mtime",
+    )
     log = (work / "logs/demo/full-s0/evaluate.log").read_text()
     assert log.count("2 processes of type DistributedType.MULTI_CPU") == 2
     assert json.loads((run / "metrics.json").read_text()) == one
@@ -226,7 +269,7 @@ def test_two_cpu_processes(ci_copy):
 
 
 def test_micro_batches_cover_every_example_within_budget():
-    from llm4rec.training import micro_batches
+    from llm4rec.collate import micro_batches
 
     rng = np.random.default_rng(0)
     for _ in range(20):
@@ -241,9 +284,10 @@ def test_micro_batches_cover_every_example_within_budget():
 def test_micro_batched_step_equals_one_batch(tmp_path, step, monkeypatch):
     """Gradient accumulation over length-sorted micro-batches = the plain batch gradient."""
     import llm4rec.training as training
-    from llm4rec.collate import EdgeAwareCollator
+    from llm4rec.collate import EdgeAwareCollator, micro_batches
+    from llm4rec.encoding import build_collab_examples, build_content_examples, build_finetune_examples
     from llm4rec.model import EdgeAwareRecModel, build_tiny_backbone
-    from llm4rec.prompts import build_collab_examples, build_content_examples, build_finetune_examples
+    from llm4rec.stage import make_accelerator
     from llm4rec.tokenization import train_bpe_tokenizer
 
     tok = train_bpe_tokenizer(["a short review", "a much longer review text " * 8] * 10, tmp_path / "t", 300)
@@ -253,12 +297,20 @@ def test_micro_batched_step_equals_one_batch(tmp_path, step, monkeypatch):
     model.eval()  # no dropout: both paths see the same function
     ev = model.entity_vocab
     train = [np.arange(k % 5 + 1) for k in range(6)]
-    inter = pd.DataFrame({"uid": [0, 1, 2], "iid": [0, 1, 2], "split": ["train"] * 3,
-                          "review_text": ["a short review", "a much longer review text " * 8, "ok"]})
+    inter = pd.DataFrame(
+        {
+            "uid": [0, 1, 2],
+            "iid": [0, 1, 2],
+            "split": ["train"] * 3,
+            "review_text": ["a short review", "a much longer review text " * 8, "ok"],
+        }
+    )
     items = pd.DataFrame({"iid": np.arange(8), "title": [f"title {k}" for k in range(8)]})
-    examples = {"content": build_content_examples(items, inter, None, tok, ev, 128),
-                "collab": build_collab_examples(train, tok, ev, 128),
-                "finetune": build_finetune_examples(train, tok, ev, 128, seed=0, epoch=0)}[step]
+    examples = {
+        "content": build_content_examples(items, inter, None, tok, ev, 128),
+        "collab": build_collab_examples(train, tok, ev, 128),
+        "finetune": build_finetune_examples(train, tok, ev, 128, seed=0, epoch=0),
+    }[step]
     batch = [examples[n] for n in range(min(6, len(examples)))]
     collate = EdgeAwareCollator(ev, None, "none")
     steps = training._Steps(model)
@@ -270,9 +322,9 @@ def test_micro_batched_step_equals_one_batch(tmp_path, step, monkeypatch):
 
     monkeypatch.setattr(training, "MICRO_BATCH_TOKENS", 1)  # one example per micro-batch
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    acc = training.make_accelerator(0)
+    acc = make_accelerator(0)
     lengths = np.array([len(x["input_ids"]) for x in batch])
-    assert len(training.micro_batches(lengths, 1)) == len(batch)
+    assert len(micro_batches(lengths, 1)) == len(batch)
     got_loss, got_reg = training._run_step(steps, acc, opt, batch, collate, step, True, 1.0, "test")
     assert got_loss == pytest.approx(float(loss.detach()), rel=1e-5)
     assert got_reg == pytest.approx(float(reg.detach()), rel=1e-5)

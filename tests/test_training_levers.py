@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from llm4rec.encoding import build_finetune_examples
 from llm4rec.logutil import progress
 from llm4rec.model import EdgeAwareRecModel, build_tiny_backbone
-from llm4rec.prompts import build_finetune_examples
-from llm4rec.tokenization import EntityVocab, train_bpe_tokenizer, load_tokenizer
+from llm4rec.tokenization import EntityVocab, load_tokenizer, train_bpe_tokenizer
 from llm4rec.training import lr_schedule, make_optimizer
 
 

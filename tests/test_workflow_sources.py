@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import CI_CONFIG, REPO, copy_checkout, planned_jobs, snakemake
+
 from llm4rec import demo
 
 pytestmark = pytest.mark.slow
@@ -59,11 +59,21 @@ def small_tables() -> tuple[pd.DataFrame, pd.DataFrame]:
     """Generated (items, reviews) with the demo's structure, in canonical column names."""
     items, reviews = demo.generate_interactions(SMALL)
     asin = items["asin"].to_numpy()
-    canon = pd.DataFrame({"user_id": [f"U{u:05d}" for u in reviews["user"]], "item_id": asin[reviews["item"]],
-                          "rating": reviews["rating"].to_numpy(), "timestamp": reviews["timestamp"].to_numpy()})
-    items = items.assign(title=[f"{b} {demo.NOUNS[n].title()}" for b, n in zip(items["brand_name"], items["noun"])],
-                         categories=[[demo.ROOT_CATEGORY, demo.TOP_CATEGORIES[t], demo.NOUNS[n].title()]
-                                     for t, n in zip(items["top"], items["noun"])])
+    canon = pd.DataFrame(
+        {
+            "user_id": [f"U{u:05d}" for u in reviews["user"]],
+            "item_id": asin[reviews["item"]],
+            "rating": reviews["rating"].to_numpy(),
+            "timestamp": reviews["timestamp"].to_numpy(),
+        }
+    )
+    items = items.assign(
+        title=[f"{b} {demo.NOUNS[n].title()}" for b, n in zip(items["brand_name"], items["noun"])],
+        categories=[
+            [demo.ROOT_CATEGORY, demo.TOP_CATEGORIES[t], demo.NOUNS[n].title()]
+            for t, n in zip(items["top"], items["noun"])
+        ],
+    )
     return items, canon
 
 
@@ -124,8 +134,11 @@ def test_url_source_amazon2018_files_over_http(tmp_path, http_dir):
     os.replace(written["reviews"], root / "Small_Beauty_5.json.gz")
     os.replace(written["meta"], root / "meta_Small_Beauty.json.gz")
     work = copy_checkout(tmp_path / "work")
-    cfg = _write_config(work, "small2018", {"source": "url", "reviews": f"{base}/Small_Beauty_5.json.gz",
-                                            "meta": f"{base}/meta_Small_Beauty.json.gz"})
+    cfg = _write_config(
+        work,
+        "small2018",
+        {"source": "url", "reviews": f"{base}/Small_Beauty_5.json.gz", "meta": f"{base}/meta_Small_Beauty.json.gz"},
+    )
     out = _main_command(work, "small2018", *CI_CONFIG, cfg)
     record = json.loads((work / "resources" / "raw" / "small2018" / "download.json").read_text())
     assert record["reviews"]["url"].startswith("http://127.0.0.1:")
@@ -144,22 +157,49 @@ def test_url_source_amazon2014_files_over_http(tmp_path, http_dir, small_tables)
     root, base = http_dir
     items, reviews = small_tables
     rng = np.random.default_rng(14)
-    review_lines = [json.dumps({
-        "reviewerID": r.user_id, "asin": r.item_id, "reviewerName": "someone", "helpful": [0, 0],
-        "reviewText": f"Nice product number {r.item_id[-3:]}", "overall": float(r.rating), "summary": "ok",
-        "unixReviewTime": int(r.timestamp), "reviewTime": pd.Timestamp(int(r.timestamp), unit="s").strftime("%m %d, %Y"),
-    }) for r in reviews.itertuples(index=False)]
-    meta_lines = [repr({
-        "asin": it.asin, "title": it.title, "price": round(float(rng.uniform(3, 40)), 2),
-        "imUrl": f"http://example.invalid/{it.asin}.jpg", "salesRank": {"Beauty": int(rng.integers(1, 10**5))},
-        "brand": it.brand_name, "categories": [list(it.categories)],
-        "related": {"also_bought": [items["asin"].iloc[(k + 1) % len(items)]]},
-    }) for k, it in enumerate(items.itertuples(index=False))]
+    review_lines = [
+        json.dumps(
+            {
+                "reviewerID": r.user_id,
+                "asin": r.item_id,
+                "reviewerName": "someone",
+                "helpful": [0, 0],
+                "reviewText": f"Nice product number {r.item_id[-3:]}",
+                "overall": float(r.rating),
+                "summary": "ok",
+                "unixReviewTime": int(r.timestamp),
+                "reviewTime": pd.Timestamp(int(r.timestamp), unit="s").strftime("%m %d, %Y"),
+            }
+        )
+        for r in reviews.itertuples(index=False)
+    ]
+    meta_lines = [
+        repr(
+            {
+                "asin": it.asin,
+                "title": it.title,
+                "price": round(float(rng.uniform(3, 40)), 2),
+                "imUrl": f"http://example.invalid/{it.asin}.jpg",
+                "salesRank": {"Beauty": int(rng.integers(1, 10**5))},
+                "brand": it.brand_name,
+                "categories": [list(it.categories)],
+                "related": {"also_bought": [items["asin"].iloc[(k + 1) % len(items)]]},
+            }
+        )
+        for k, it in enumerate(items.itertuples(index=False))
+    ]
     _write_gz_lines(root / "reviews_Small_Beauty_5.json.gz", review_lines)
     _write_gz_lines(root / "meta_Small_Beauty_2014.json.gz", meta_lines)
     work = copy_checkout(tmp_path / "work")
-    cfg = _write_config(work, "small2014", {"source": "url", "reviews": f"{base}/reviews_Small_Beauty_5.json.gz",
-                                            "meta": f"{base}/meta_Small_Beauty_2014.json.gz"})
+    cfg = _write_config(
+        work,
+        "small2014",
+        {
+            "source": "url",
+            "reviews": f"{base}/reviews_Small_Beauty_5.json.gz",
+            "meta": f"{base}/meta_Small_Beauty_2014.json.gz",
+        },
+    )
     out = _main_command(work, "small2014", *CI_CONFIG, cfg)
     convert = json.loads((out / "interim" / "convert.json").read_text())
     assert convert["reviews"]["rejected"] == convert["meta"]["rejected"] == 0
@@ -190,7 +230,8 @@ def test_local_jsonl_categories_only(tmp_path, small_tables):
     work = copy_checkout(tmp_path / "work")
     reviews.to_json(work / "interactions.jsonl", orient="records", lines=True)
     items[["asin", "categories"]].rename(columns={"asin": "item_id"}).to_json(
-        work / "items.jsonl", orient="records", lines=True)
+        work / "items.jsonl", orient="records", lines=True
+    )
     cfg = _write_config(work, "cats", {"source": "local", "reviews": "interactions.jsonl", "items": "items.jsonl"})
     out = _main_command(work, "cats", *CI_CONFIG, cfg)
     _assert_histories_finite(out)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,12 +21,12 @@ import pandas as pd
 import torch
 
 from llm4rec.baselines import ItemKNN, Popularity, fit_ease_grid, train_multivae
-from llm4rec.metrics import RankingEvaluator, split_matrices
+from llm4rec.metrics import METRICS, RankingEvaluator
+from llm4rec.preprocess import load_processed
 
 __all__ = ["BASELINES", "BaselineRun", "load_splits", "run_baseline", "write_baseline_run"]
 
 BASELINES: tuple[str, ...] = ("popularity", "itemknn", "ease", "multivae")
-METRICS: tuple[str, ...] = ("Recall@20", "Recall@40", "NDCG@100")
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +42,8 @@ class BaselineRun:
 
 
 def load_splits(processed: str | Path) -> dict:
-    """Train/val/test user x item matrices of a `processed/` folder (SPEC section 8)."""
-    processed = Path(processed)
-    n_users = len(pd.read_parquet(processed / "users.parquet", columns=["uid"]))
-    n_items = len(pd.read_parquet(processed / "items.parquet", columns=["iid"]))
-    inter = pd.read_parquet(processed / "interactions.parquet", columns=["uid", "iid", "split"])
-    return split_matrices(inter, n_users, n_items)
+    """Train/val/test user x item matrices of a `processed/` folder (docs/method.md 2.6, 8)."""
+    return load_processed(processed).matrices
 
 
 def _val_metrics(metrics: dict[str, float]) -> dict[str, float]:
@@ -71,9 +68,15 @@ def run_baseline(
     s = dict(settings or {})
     train, val, test = matrices["train"], matrices["val"], matrices["test"]
     epoch: int | None = None
+    t0 = time.perf_counter()
     if name == "ease":
-        model, grid = fit_ease_grid(train, val, lambdas=s.get("lambdas", (1, 10, 100, 500, 1000, 3000)),
-                                    max_memory_gb=s.get("max_memory_gb", 8.0), batch_size=batch_size)
+        model, grid = fit_ease_grid(
+            train,
+            val,
+            lambdas=s.get("lambdas", (1, 10, 100, 500, 1000, 3000)),
+            max_memory_gb=s.get("max_memory_gb", 8.0),
+            batch_size=batch_size,
+        )
         history = pd.DataFrame(grid)
         best = int(np.argmax(history["selection"].to_numpy()))  # first maximum, as fit_ease_grid
         val_metrics = _val_metrics(history.iloc[best].to_dict())
@@ -81,24 +84,35 @@ def run_baseline(
         log.info("EASE: lambda %g chosen on validation", model.l2)
         score_fn = model.score
     elif name == "multivae":
-        res = train_multivae(train, val, seed=seed, eval_batch_size=batch_size,
-                             **{k: s[k] for k in ("epochs", "patience", "batch_size", "lr", "anneal_cap",
-                                                  "total_anneal_steps") if k in s})
+        res = train_multivae(
+            train,
+            val,
+            seed=seed,
+            eval_batch_size=batch_size,
+            **{
+                k: s[k]
+                for k in ("epochs", "patience", "batch_size", "lr", "anneal_cap", "total_anneal_steps", "eval_every")
+                if k in s
+            },
+        )
         history = pd.DataFrame(res.history)
         epoch = int(res.best_epoch)
         val_metrics = _val_metrics(history.loc[history["epoch"] == epoch].iloc[0].to_dict())
-        extra = {"epochs_run": int(len(history))}
-        log.info("Multi-VAE: best epoch %d of %d", epoch, len(history))
+        extra = {"epochs_run": int(res.epochs_run)}
+        log.info("Multi-VAE: best epoch %d of %d run", epoch, res.epochs_run)
         score_fn = res.score
     else:
         model = (Popularity() if name == "popularity" else ItemKNN(k_neighbors=s.get("k_neighbors"))).fit(train)
         val_res = RankingEvaluator(train, val, batch_size=batch_size).evaluate(model.score)
         val_metrics = _val_metrics(val_res.metrics)
+        log.info("%s: fit and validation in %.1f s: %s", name, time.perf_counter() - t0, val_metrics)
         history = pd.DataFrame([{**val_metrics, "selection": sum(val_metrics.values())}])
         extra = {"k_neighbors": s.get("k_neighbors")} if name == "itemknn" else {}
         score_fn = model.score
+    t1 = time.perf_counter()
     with torch.no_grad():
         res_test = RankingEvaluator(train, test, batch_size=batch_size).evaluate(score_fn, top_n=top_k)
+    log.info("%s: test evaluation in %.1f s (%.1f s in all)", name, time.perf_counter() - t1, time.perf_counter() - t0)
     test_metrics = {**{k: float(res_test.metrics[k]) for k in METRICS}, "users": int(res_test.metrics["users"])}
     metrics = {"test": test_metrics, "val": val_metrics, "epoch": epoch, "baseline": name, **extra}
     if name == "multivae":
@@ -106,8 +120,7 @@ def run_baseline(
     return BaselineRun(metrics, res_test.per_user, res_test.top_k, history)
 
 
-def write_baseline_run(run: BaselineRun, metrics: Path, per_user: Path, recommendations: Path,
-                       history: Path) -> None:
+def write_baseline_run(run: BaselineRun, metrics: Path, per_user: Path, recommendations: Path, history: Path) -> None:
     """Write a run's files (the layout of an evaluated variant, plus history.csv)."""
     for p in (metrics, per_user, recommendations, history):
         Path(p).parent.mkdir(parents=True, exist_ok=True)

@@ -21,13 +21,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_model, save_model
 
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+from .download import sha256_file
 
 
 def fingerprint(settings: dict, version: str, inputs: list[str | Path]) -> str:
@@ -39,7 +33,7 @@ def fingerprint(settings: dict, version: str, inputs: list[str | Path]) -> str:
         files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
         for f in files:
             h.update(str(f.relative_to(p.parent)).encode())
-            h.update(_file_digest(f).encode())
+            h.update(sha256_file(f).encode())
     return h.hexdigest()
 
 
@@ -97,8 +91,9 @@ class Checkpoint:
             torch.cuda.set_rng_state_all(rng["cuda"])
         return TrainingState(**meta["state"])
 
-    def save(self, model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer],
-             state: TrainingState, improved: bool) -> None:
+    def save(
+        self, model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer], state: TrainingState, improved: bool
+    ) -> None:
         """Write ``last/`` atomically (a temporary folder, then rename); ``best/`` when improved."""
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.dir / "last.tmp"
@@ -111,8 +106,9 @@ class Checkpoint:
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         torch.save(rng, tmp / "rng.pt")
-        (tmp / "state.json").write_text(json.dumps(
-            {"fingerprint": self.fingerprint, "state": state.__dict__}, default=float))
+        (tmp / "state.json").write_text(
+            json.dumps({"fingerprint": self.fingerprint, "state": state.__dict__}, default=float)
+        )
         if improved:
             best_tmp = self.dir / "best.tmp"
             shutil.rmtree(best_tmp, ignore_errors=True)

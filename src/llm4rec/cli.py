@@ -28,7 +28,8 @@ def recommendations_for(run: Path, user: str, top: int = 10) -> tuple[int, str, 
         if len(match) == 0:
             raise UnknownUserError(
                 f"user {user!r} is not in this dataset ({len(users)} users, uids 0..{len(users) - 1}). "
-                "New users have no entity token: the model can only rank items for users it was trained on.")
+                "New users have no entity token: the model can only rank items for users it was trained on."
+            )
         uid = int(users.loc[match[0], "uid"])
     recs = pd.read_parquet(rec_path, filters=[("uid", "==", uid)])
     if recs.empty:

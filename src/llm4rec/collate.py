@@ -1,4 +1,8 @@
-"""Batching: right padding and the additive edge-aware attention mask.
+"""Batching: which examples form a batch, right padding and the additive edge-aware mask.
+
+Global batches are the same list of example indices on every process; within a process's
+share, length-sorted micro-batches of at most `MICRO_BATCH_TOKENS` padded tokens keep short
+examples from being padded to the longest (`micro_batches`).
 
 The backbone receives a float `[B, 1, L, L]` mask = causal + padding + R, used as given by
 eager and SDPA attention (docs/method.md 5.3). R is built from a per-pair hop class:
@@ -15,8 +19,8 @@ their entity pairs at or below the diagonal (the rest is masked by causality any
 always exact up to 5 hops (whatever the graph's `max_hops`), so that the model can start
 every pair at its seed value.
 
-The float mask is float32 with blocked entries at `MASK_MIN` (float32's minimum); the model
-turns it into the attention's compute dtype, blocked entries at that dtype's minimum.
+The float mask is float32 with blocked entries at `model.MASK_MIN` (float32's minimum); the
+model turns it into the attention's compute dtype, blocked entries at that dtype's minimum.
 """
 
 from __future__ import annotations
@@ -28,13 +32,32 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from .graph import relation_from_hops
-from .prompts import GRAPH_KINDS, KIND
+from .encoding import GRAPH_KINDS, KIND
+from .graph import EXACT_HOPS, relation_lut
+from .model import MASK_MIN
 from .tokenization import EntityVocab
 
 EDGE_BIAS_MODES = ("seed", "none", "type", "learned")
-MASK_MIN = torch.finfo(torch.float32).min
-EXACT_HOPS = 5  # the seed's relation tells hop distances apart up to 5 (6 and more: equal)
+MICRO_BATCH_TOKENS = 4096
+
+
+def global_batches(n: int, batch_size: int, order: np.ndarray | None = None) -> list[np.ndarray]:
+    """The same list of example-index batches on every process."""
+    idx = np.arange(n) if order is None else order
+    return [idx[k : k + batch_size] for k in range(0, n, batch_size)]
+
+
+def micro_batches(lengths: np.ndarray, max_tokens: int = MICRO_BATCH_TOKENS) -> list[np.ndarray]:
+    """Split examples (by their positions) into length-sorted groups of at most `max_tokens`
+    padded tokens, so that short examples are not padded to the batch's longest."""
+    order = np.argsort(lengths, kind="stable")
+    groups, start = [], 0
+    for k in range(1, len(order)):
+        if (k + 1 - start) * lengths[order[k]] > max_tokens:
+            groups.append(order[start:k])
+            start = k
+    groups.append(order[start:])
+    return groups
 
 
 class HopIndex(Protocol):
@@ -45,11 +68,6 @@ class HopIndex(Protocol):
     d6: int
 
     def hops(self, a: np.ndarray, b: np.ndarray) -> np.ndarray: ...
-
-
-def relation_lut(max_hops: int, d6: int, has_edges: bool = True) -> np.ndarray:
-    """R per hop class 0..max_hops+1 (class max_hops+1 = farther; exact for max_hops >= 5)."""
-    return relation_from_hops(np.arange(max_hops + 2), d6, has_edges)
 
 
 def index_lut(index: HopIndex) -> np.ndarray:
@@ -92,19 +110,29 @@ def hop_classes(
     if use_graph and bool(graph_rows.any()):
         if index is None:
             raise ValueError("second-order rows need a RelationIndex")
-        g = torch.nonzero(graph_rows, as_tuple=True)[0]
-        L = nodes.shape[1]
-        lower = torch.ones(L, L, dtype=torch.bool).tril()
-        k, i, j = torch.nonzero(pair[g] & lower, as_tuple=True)
-        sub = nodes[g]
-        a = sub[k, i].numpy()
-        b = sub[k, j].numpy()
-        h = np.minimum(np.asarray(index.hops(a, b), dtype=np.int64), index.max_hops + 1)
+        rows, i, j, h = _pair_hops(nodes, graph_rows, index, same_node=True)
         h_t = torch.from_numpy(h).to(torch.int8)
-        rows = g[k]
         cls[rows, i, j] = h_t
         cls[rows, j, i] = h_t
     return cls
+
+
+def _pair_hops(
+    nodes: torch.Tensor, graph_rows: torch.Tensor, index: HopIndex, same_node: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]:
+    """Exact hop classes (capped at max_hops + 1) of the entity pairs on and below the diagonal
+    of the rows flagged by `graph_rows`, asked of `index` in one call: (rows, i, j, hops).
+    Without `same_node`, pairs of one node are left out (the by-type pattern sets them)."""
+    g = torch.nonzero(graph_rows, as_tuple=True)[0]
+    sub = nodes[g]
+    ent = sub >= 0
+    L = sub.shape[1]
+    pairs = ent[:, :, None] & ent[:, None, :] & torch.ones(L, L, dtype=torch.bool).tril()
+    if not same_node:
+        pairs &= sub[:, :, None] != sub[:, None, :]
+    k, i, j = torch.nonzero(pairs, as_tuple=True)
+    h = np.minimum(np.asarray(index.hops(sub[k, i].numpy(), sub[k, j].numpy()), dtype=np.int64), index.max_hops + 1)
+    return g[k], i, j, h
 
 
 def additive_mask(bias: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -154,15 +182,8 @@ def edge_bias_matrix(
     bias = type_pattern(nodes, ev.n_users, lut)
     graph_rows = _graph_rows(kinds)
     if mode == "seed" and bool(graph_rows.any()):
-        g = torch.nonzero(graph_rows, as_tuple=True)[0]
-        sub = nodes[g]
-        ent = sub >= 0
-        lower = torch.ones(L, L, dtype=torch.bool).tril(-1)
-        differ = sub[:, :, None] != sub[:, None, :]  # same node: lut[0], set by the pattern
-        k, i, j = torch.nonzero(ent[:, :, None] & ent[:, None, :] & lower & differ, as_tuple=True)
-        h = np.minimum(np.asarray(index.hops(sub[k, i].numpy(), sub[k, j].numpy()), dtype=np.int64), index.max_hops + 1)
+        rows, i, j, h = _pair_hops(nodes, graph_rows, index, same_node=False)  # same node: lut[0]
         vals = lut[torch.from_numpy(h)]
-        rows = g[k]
         bias[rows, i, j] = vals
         bias[rows, j, i] = vals
     return bias

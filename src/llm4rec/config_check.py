@@ -16,7 +16,12 @@ from typing import Any
 MAX_ERRORS = 5
 MAX_MESSAGE = 200
 _TRUE = {"1", "on", "yes", "true"}
-_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 
 class ConfigError(ValueError):
@@ -106,7 +111,7 @@ def check_precision(config: Mapping[str, Any]) -> None:
     if dtype != "float32" and mixed != "no":
         raise ConfigError(
             f"config: model.dtype {dtype} with launch.mixed_precision {mixed}: mixed precision keeps float32 "
-            "weights and autocasts; choose one (model.dtype: float32, or launch.mixed_precision: \"no\")"
+            'weights and autocasts; choose one (model.dtype: float32, or launch.mixed_precision: "no")'
         )
     if not model.get("lora"):
         return
@@ -145,7 +150,9 @@ def check_backbone(name: str, attn_implementation: str) -> None:
     if name == "tiny":
         return
     if name.startswith(("/", ".", "~")) and not Path(name).is_dir():
-        raise ConfigError(f"config: model.backbone {name!r}: no such folder (a local backbone is a save_pretrained folder)")
+        raise ConfigError(
+            f"config: model.backbone {name!r}: no such folder (a local backbone is a save_pretrained folder)"
+        )
     from transformers import AutoConfig, AutoTokenizer
 
     from .model import check_backbone_supported

@@ -30,8 +30,9 @@ import sys
 import time
 import zlib
 from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -411,14 +412,17 @@ def _convert_file(
     writer = _ChunkedParquet(out_parquet, schema, chunk_rows)
     try:
         if src is not None:
-            with open_raw(Path(src)) as fh, tqdm(
-                desc=f"convert {label}",
-                unit=" lines",
-                unit_scale=True,
-                disable=None if progress else True,
-                file=sys.stderr,
-                mininterval=1.0,
-            ) as bar:
+            with (
+                open_raw(Path(src)) as fh,
+                tqdm(
+                    desc=f"convert {label}",
+                    unit=" lines",
+                    unit_scale=True,
+                    disable=None if progress else True,
+                    file=sys.stderr,
+                    mininterval=1.0,
+                ) as bar,
+            ):
                 for number, raw, overlong in iter_lines(fh, max_line_bytes):
                     stats.lines = number
                     bar.update(1)
@@ -467,8 +471,15 @@ def convert_reviews(
 ) -> dict:
     """Convert a review file to reviews.parquet; rejects go to the open ``rejects`` file."""
     return _convert_file(
-        "reviews", src, out_parquet, REVIEWS_SCHEMA, review_row, rejects,
-        max_line_bytes, progress, chunk_rows,
+        "reviews",
+        src,
+        out_parquet,
+        REVIEWS_SCHEMA,
+        review_row,
+        rejects,
+        max_line_bytes,
+        progress,
+        chunk_rows,
     )
 
 
@@ -482,8 +493,15 @@ def convert_items(
 ) -> dict:
     """Convert a meta file to items.parquet (``src=None`` writes an empty table)."""
     return _convert_file(
-        "meta", src, out_parquet, ITEMS_SCHEMA, item_row, rejects,
-        max_line_bytes, progress, chunk_rows,
+        "meta",
+        src,
+        out_parquet,
+        ITEMS_SCHEMA,
+        item_row,
+        rejects,
+        max_line_bytes,
+        progress,
+        chunk_rows,
     )
 
 
@@ -535,12 +553,20 @@ def convert_dataset(
     try:
         with open(rejects_tmp, "w", encoding="utf-8") as rejects:
             reviews = convert_reviews(
-                Path(reviews_path), out_dir / "reviews.parquet", rejects,
-                max_line_bytes, progress, chunk_rows,
+                Path(reviews_path),
+                out_dir / "reviews.parquet",
+                rejects,
+                max_line_bytes,
+                progress,
+                chunk_rows,
             )
             meta = convert_items(
-                None if meta_path is None else Path(meta_path), out_dir / "items.parquet",
-                rejects, max_line_bytes, progress, chunk_rows,
+                None if meta_path is None else Path(meta_path),
+                out_dir / "items.parquet",
+                rejects,
+                max_line_bytes,
+                progress,
+                chunk_rows,
             )
     except BaseException:
         rejects_tmp.unlink(missing_ok=True)
@@ -566,8 +592,7 @@ def convert_dataset(
         problems.append(f"reviews file {reviews['path']}: no usable review line")
     if problems:
         raise ConvertError(
-            "; ".join(problems)
-            + f". Line numbers and reasons are in {keep_rejects(rejects_path, rejects_copy)};"
+            "; ".join(problems) + f". Line numbers and reasons are in {keep_rejects(rejects_path, rejects_copy)};"
             " if the input is right, raise max_reject_frac in the config."
         )
     return summary

@@ -33,17 +33,74 @@ TOP_CATEGORIES = list(NOUNS_BY_CATEGORY)
 NOUNS = [n for nouns in NOUNS_BY_CATEGORY.values() for n in nouns]
 NOUN_TOP = [t for t, nouns in enumerate(NOUNS_BY_CATEGORY.values()) for _ in nouns]
 ADJECTIVES = [
-    "gentle", "hydrating", "matte", "radiant", "fresh", "classic", "organic", "silky",
-    "ultra", "daily", "soothing", "volumizing", "long-lasting", "lightweight", "rich",
-    "clarifying", "nourishing", "botanical", "velvet", "pure",
+    "gentle",
+    "hydrating",
+    "matte",
+    "radiant",
+    "fresh",
+    "classic",
+    "organic",
+    "silky",
+    "ultra",
+    "daily",
+    "soothing",
+    "volumizing",
+    "long-lasting",
+    "lightweight",
+    "rich",
+    "clarifying",
+    "nourishing",
+    "botanical",
+    "velvet",
+    "pure",
 ]
-SCENTS = ["lavender", "citrus", "rose", "vanilla", "mint", "coconut", "sandalwood", "unscented",
-          "jasmine", "green tea", "cucumber", "almond"]
-BRAND_A = ["Luna", "Vera", "Nord", "Aurel", "Bloom", "Cedar", "Iris", "Sol", "Opal", "Maris",
-           "Terra", "Willow", "Coral", "Ember", "Haven", "Jade", "Kira", "Lumen", "Mira", "Nova"]
+SCENTS = [
+    "lavender",
+    "citrus",
+    "rose",
+    "vanilla",
+    "mint",
+    "coconut",
+    "sandalwood",
+    "unscented",
+    "jasmine",
+    "green tea",
+    "cucumber",
+    "almond",
+]
+BRAND_A = [
+    "Luna",
+    "Vera",
+    "Nord",
+    "Aurel",
+    "Bloom",
+    "Cedar",
+    "Iris",
+    "Sol",
+    "Opal",
+    "Maris",
+    "Terra",
+    "Willow",
+    "Coral",
+    "Ember",
+    "Haven",
+    "Jade",
+    "Kira",
+    "Lumen",
+    "Mira",
+    "Nova",
+]
 BRAND_B = ["Labs", "Botanics", "Beauty", "Naturals", "Cosmetics", "& Co", "Studio", "Essentials"]
-PRAISE = ["Works great", "Love it", "Exactly what I needed", "Really nice", "Very happy with it",
-          "Does the job", "Would buy again", "Better than expected"]
+PRAISE = [
+    "Works great",
+    "Love it",
+    "Exactly what I needed",
+    "Really nice",
+    "Very happy with it",
+    "Does the job",
+    "Would buy again",
+    "Better than expected",
+]
 COMPLAINT = ["Not for me", "Disappointed", "Broke quickly", "Smell was off", "Too pricey for what it is"]
 
 
@@ -69,9 +126,11 @@ def _catalogue(s: DemoSettings, rng: np.random.Generator) -> pd.DataFrame:
     cluster_top = np.asarray(NOUN_TOP)[cluster_noun]
     n_brands = max(3, s.n_items // 8)
     brand_home = rng.integers(0, n_clusters, n_brands)
-    brand_names = [f"{BRAND_A[b % len(BRAND_A)]} {BRAND_B[(b // len(BRAND_A)) % len(BRAND_B)]}"
-                   + (f" {b // (len(BRAND_A) * len(BRAND_B)) + 1}" if b >= len(BRAND_A) * len(BRAND_B) else "")
-                   for b in range(n_brands)]
+    brand_names = [
+        f"{BRAND_A[b % len(BRAND_A)]} {BRAND_B[(b // len(BRAND_A)) % len(BRAND_B)]}"
+        + (f" {b // (len(BRAND_A) * len(BRAND_B)) + 1}" if b >= len(BRAND_A) * len(BRAND_B) else "")
+        for b in range(n_brands)
+    ]
     # Brands specialise: 80% of an item's brand comes from brands at home in its cluster.
     brand = np.empty(s.n_items, dtype=np.int64)
     for c in range(n_clusters):
@@ -83,12 +142,20 @@ def _catalogue(s: DemoSettings, rng: np.random.Generator) -> pd.DataFrame:
     adjective = rng.integers(0, len(ADJECTIVES), s.n_items)
     scent = rng.integers(0, len(SCENTS), s.n_items)
     popularity = rng.pareto(1.2, s.n_items) + 1.0
-    asin = [f"D{n:09d}" for n in rng.permutation(10 ** 6)[: s.n_items] + 10 ** 8]
-    return pd.DataFrame({
-        "asin": asin, "cluster": cluster, "top": cluster_top[cluster], "noun": cluster_noun[cluster],
-        "brand": brand, "brand_name": np.asarray(brand_names, dtype=object)[brand],
-        "adjective": adjective, "scent": scent, "popularity": popularity,
-    })
+    asin = [f"D{n:09d}" for n in rng.permutation(10**6)[: s.n_items] + 10**8]
+    return pd.DataFrame(
+        {
+            "asin": asin,
+            "cluster": cluster,
+            "top": cluster_top[cluster],
+            "noun": cluster_noun[cluster],
+            "brand": brand,
+            "brand_name": np.asarray(brand_names, dtype=object)[brand],
+            "adjective": adjective,
+            "scent": scent,
+            "popularity": popularity,
+        }
+    )
 
 
 def _item_title(row) -> str:
@@ -157,9 +224,11 @@ def _review_text(item, rating: float, rng: np.random.Generator) -> tuple[str, st
     good = rating >= 4
     summary = PRAISE[rng.integers(len(PRAISE))] if good else COMPLAINT[rng.integers(len(COMPLAINT))]
     feel = "love" if good else "did not like"
-    text = (f"I {feel} this {adj} {noun} from {item.brand_name}. The {scent} scent is "
-            f"{'lovely' if good else 'too strong'} and it works {'well' if good else 'poorly'} "
-            f"for my {TOP_CATEGORIES[item.top].lower()} routine.")
+    text = (
+        f"I {feel} this {adj} {noun} from {item.brand_name}. The {scent} scent is "
+        f"{'lovely' if good else 'too strong'} and it works {'well' if good else 'poorly'} "
+        f"for my {TOP_CATEGORIES[item.top].lower()} routine."
+    )
     return text, summary
 
 
@@ -169,7 +238,7 @@ def write_raw(directory: Path, s: DemoSettings = DEMO) -> dict[str, Path]:
     directory.mkdir(parents=True, exist_ok=True)
     items, reviews = generate_interactions(s)
     rng = np.random.default_rng(s.seed + 1)
-    users = [f"U{n:012d}" for n in rng.permutation(10 ** 7)[: s.n_users] + 10 ** 9]
+    users = [f"U{n:012d}" for n in rng.permutation(10**7)[: s.n_users] + 10**9]
     item_rows = list(items.itertuples(index=False))
 
     lines = []
@@ -182,8 +251,10 @@ def write_raw(directory: Path, s: DemoSettings = DEMO) -> dict[str, Path]:
             "overall": f"{r.rating:.1f}" if rng.random() < 0.3 else float(r.rating),
             "verified": "True" if rng.random() < 0.5 else True,
             "reviewTime": pd.Timestamp(ts, unit="s").strftime("%m %d, %Y"),
-            "reviewerID": users[r.user], "asin": it.asin,
-            "reviewText": text, "summary": summary,
+            "reviewerID": users[r.user],
+            "asin": it.asin,
+            "reviewText": text,
+            "summary": summary,
             "unixReviewTime": str(ts) if rng.random() < 0.3 else ts,
         }
         lines.append(json.dumps(rec))
@@ -195,10 +266,12 @@ def write_raw(directory: Path, s: DemoSettings = DEMO) -> dict[str, Path]:
             rec["unixReviewTime"] = int(rec["unixReviewTime"]) + 86400 * int(rng.integers(0, 30))
             rec["overall"] = 5.0
             lines.insert(min(n, k + int(rng.integers(1, 200))), json.dumps(rec))
-        bad = ['{"overall": 5.0, "reviewerID": "U000000000001", "asin": "D1',
-               '{"overall": 4.0, "reviewText": "no reviewer or item here"}',
-               '{"overall": "five stars", "reviewerID": "U000000000002", "asin": "D000000002"}',
-               "not json at all"]
+        bad = [
+            '{"overall": 5.0, "reviewerID": "U000000000001", "asin": "D1',
+            '{"overall": 4.0, "reviewText": "no reviewer or item here"}',
+            '{"overall": "five stars", "reviewerID": "U000000000002", "asin": "D000000002"}',
+            "not json at all",
+        ]
         for k, b in zip(rng.choice(len(lines), len(bad), replace=False), bad):
             lines.insert(int(k), b)
     _write_gz(directory / "reviews.json.gz", lines)
@@ -208,13 +281,21 @@ def write_raw(directory: Path, s: DemoSettings = DEMO) -> dict[str, Path]:
         title = _item_title(it)
         if rng.random() < 0.1:  # leftover HTML, as in real titles
             title = f'<span class="a-size-medium a-color-secondary">{title}</span>'
-        desc = [f"This {ADJECTIVES[it.adjective]} {NOUNS[it.noun]} has a {SCENTS[it.scent]} scent and is made by "
-                f"{it.brand_name}. <br>Made for your {TOP_CATEGORIES[it.top].lower()} routine &amp; everyday use.", ""]
-        meta.append({
-            "asin": it.asin, "title": title, "brand": it.brand_name,
-            "category": [ROOT_CATEGORY, TOP_CATEGORIES[it.top], NOUNS[it.noun].title()],
-            "description": desc, "main_cat": ROOT_CATEGORY,
-        })
+        desc = [
+            f"This {ADJECTIVES[it.adjective]} {NOUNS[it.noun]} has a {SCENTS[it.scent]} scent and is made by "
+            f"{it.brand_name}. <br>Made for your {TOP_CATEGORIES[it.top].lower()} routine &amp; everyday use.",
+            "",
+        ]
+        meta.append(
+            {
+                "asin": it.asin,
+                "title": title,
+                "brand": it.brand_name,
+                "category": [ROOT_CATEGORY, TOP_CATEGORIES[it.top], NOUNS[it.noun].title()],
+                "description": desc,
+                "main_cat": ROOT_CATEGORY,
+            }
+        )
     meta_lines = [json.dumps(m) for m in meta]
     if s.malformed:
         # A repeated record (the last one wins) and a broken line.
@@ -233,9 +314,16 @@ def _write_gz(path: Path, lines: list[str]) -> None:
 
 
 def beauty_sized(scale: int = 1, seed: int = 7) -> DemoSettings:
-    """Settings the size of Amazon Beauty (about 22k users, 12k items and 150k train edges after preprocessing), times ``scale``."""
-    return DemoSettings(n_users=22000 * scale, n_items=12000 * scale, n_reviews=250000 * scale,
-                        seed=seed, items_per_cluster=60, malformed=False)
+    """Settings the size of Amazon Beauty (about 22k users, 12k items and 150k train edges after
+    preprocessing), times ``scale``."""
+    return DemoSettings(
+        n_users=22000 * scale,
+        n_items=12000 * scale,
+        n_reviews=250000 * scale,
+        seed=seed,
+        items_per_cluster=60,
+        malformed=False,
+    )
 
 
 def processed_interactions(s: DemoSettings) -> dict:
@@ -243,25 +331,23 @@ def processed_interactions(s: DemoSettings) -> dict:
     from .preprocess import preprocess
 
     items, reviews = generate_interactions(s)
-    raw = pd.DataFrame({
-        "line": np.arange(1, len(reviews) + 1), "user_id": reviews["user"].astype(str),
-        "item_id": items["asin"].to_numpy()[reviews["item"].to_numpy()],
-        "rating": reviews["rating"].to_numpy(), "timestamp": reviews["timestamp"].to_numpy(),
-    })
-    meta = pd.DataFrame({"line": np.arange(1, len(items) + 1), "item_id": items["asin"],
-                         "brand": items["brand_name"],
-                         "categories": [[ROOT_CATEGORY, TOP_CATEGORIES[t], NOUNS[n].title()]
-                                        for t, n in zip(items["top"], items["noun"])]})
+    raw = pd.DataFrame(
+        {
+            "line": np.arange(1, len(reviews) + 1),
+            "user_id": reviews["user"].astype(str),
+            "item_id": items["asin"].to_numpy()[reviews["item"].to_numpy()],
+            "rating": reviews["rating"].to_numpy(),
+            "timestamp": reviews["timestamp"].to_numpy(),
+        }
+    )
+    meta = pd.DataFrame(
+        {
+            "line": np.arange(1, len(items) + 1),
+            "item_id": items["asin"],
+            "brand": items["brand_name"],
+            "categories": [
+                [ROOT_CATEGORY, TOP_CATEGORIES[t], NOUNS[n].title()] for t, n in zip(items["top"], items["noun"])
+            ],
+        }
+    )
     return preprocess(raw, meta)
-
-
-def train_matrix(s: DemoSettings):
-    """The train split of generated data as a users x items CSR matrix (and the processed tables)."""
-    import scipy.sparse as sp
-
-    out = processed_interactions(s)
-    inter = out["interactions"]
-    train = inter[inter["split"] == "train"]
-    shape = (out["stats"]["users"], out["stats"]["items"])
-    csr = sp.csr_matrix((np.ones(len(train), dtype=np.float32), (train["uid"], train["iid"])), shape=shape)
-    return csr, out

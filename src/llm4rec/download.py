@@ -40,16 +40,12 @@ CHUNK_BYTES = 1 << 20
 
 DEFAULT_URL_TEMPLATES: dict[str, dict[str, str]] = {
     "amazon2018": {
-        "reviews": "https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_v2/"
-        "categoryFilesSmall/{category}_5.json.gz",
-        "meta": "https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_v2/"
-        "metaFiles2/meta_{category}.json.gz",
+        "reviews": "https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_v2/categoryFilesSmall/{category}_5.json.gz",
+        "meta": "https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_v2/metaFiles2/meta_{category}.json.gz",
     },
     "amazon2014": {
-        "reviews": "http://snap.stanford.edu/data/amazon/productGraph/categoryFiles/"
-        "reviews_{category}_5.json.gz",
-        "meta": "http://snap.stanford.edu/data/amazon/productGraph/categoryFiles/"
-        "meta_{category}.json.gz",
+        "reviews": "http://snap.stanford.edu/data/amazon/productGraph/categoryFiles/reviews_{category}_5.json.gz",
+        "meta": "http://snap.stanford.edu/data/amazon/productGraph/categoryFiles/meta_{category}.json.gz",
     },
 }
 
@@ -85,8 +81,7 @@ def source_urls(
         return urls
     if source not in DEFAULT_URL_TEMPLATES and source not in (templates or {}):
         raise ValueError(
-            f"unknown download source {source!r}: use amazon2018, amazon2014 or url "
-            "(source 'local' needs no download)"
+            f"unknown download source {source!r}: use amazon2018, amazon2014 or url (source 'local' needs no download)"
         )
     if not category:
         raise ValueError(f"source {source!r} needs a category, e.g. 'Magazine_Subscriptions'")
@@ -98,8 +93,9 @@ def source_urls(
     return {k: merged[k].format(category=category) for k in FILE_KINDS}
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks so memory stays flat."""
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in chunks so memory stays flat (downloads, provenance,
+    checkpoint fingerprints)."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(CHUNK_BYTES), b""):
@@ -116,8 +112,7 @@ def by_hand_path(dest: Path) -> Path:
 
 def _by_hand(url: str, dest: Path, why: str) -> DownloadError:
     return DownloadError(
-        f"cannot reach {url} ({why}); download it by hand and place it at "
-        f"{by_hand_path(dest).resolve()}"
+        f"cannot reach {url} ({why}); download it by hand and place it at {by_hand_path(dest).resolve()}"
     )
 
 
@@ -201,9 +196,7 @@ def _finish(tmp: Path, dest: Path, url: str, sha256: str | None, size: int | Non
         actual_sha, actual_size = _check(tmp, dest.name, sha256, size)
     except _Invalid as exc:
         _discard(tmp)
-        raise DownloadError(
-            f"{url}: {exc}; the file was removed, no file was written to {dest.resolve()}"
-        ) from None
+        raise DownloadError(f"{url}: {exc}; the file was removed, no file was written to {dest.resolve()}") from None
     os.replace(tmp, dest)
     _sidecar(tmp).unlink(missing_ok=True)
     return {"url": url, "sha256": actual_sha, "size": actual_size}
@@ -232,9 +225,7 @@ def _copy(src: Path, tmp: Path, name: str, progress: bool) -> None:
         os.fsync(fout.fileno())
 
 
-def _use_by_hand(
-    hand: Path, dest: Path, url: str, sha256: str | None, size: int | None, progress: bool
-) -> dict:
+def _use_by_hand(hand: Path, dest: Path, url: str, sha256: str | None, size: int | None, progress: bool) -> dict:
     """Copy a hand-placed file to ``dest`` once verified; the original is left where it is."""
     log.info("%s: using the file placed by hand at %s", url, hand.resolve())
     tmp = dest.with_name(dest.name + ".tmp")
@@ -310,8 +301,7 @@ def _resume_record(url: str, part: Path) -> dict | None:
     if not isinstance(stored, dict) or stored.get("url") != url or not part.stat().st_size:
         if part.stat().st_size:
             origin = stored.get("url") if isinstance(stored, dict) else None
-            log.warning("%s: %s came from %s, not this URL; starting over", url, part,
-                        origin or "an unrecorded URL")
+            log.warning("%s: %s came from %s, not this URL; starting over", url, part, origin or "an unrecorded URL")
         _discard(part)
         return None
     return stored
@@ -331,9 +321,7 @@ class _Retry(Exception):
         self.immediate = immediate
 
 
-def _http_attempt(
-    session: requests.Session, url: str, part: Path, dest: Path, timeout: float, progress: bool
-) -> None:
+def _http_attempt(session: requests.Session, url: str, part: Path, dest: Path, timeout: float, progress: bool) -> None:
     """One GET that appends to ``part``; raises ``_Retry`` for transient failures."""
     stored = _resume_record(url, part)
     offset = part.stat().st_size if stored else 0
@@ -376,8 +364,12 @@ def _http_attempt(
                 _discard(part)
                 raise _Retry("bad Content-Range", immediate=offset > 0)
             if offset and _changed(stored, found):
-                log.warning("%s: the file changed on the server (%s, was %s); restarting",
-                            url, found, {k: stored.get(k) for k in found})
+                log.warning(
+                    "%s: the file changed on the server (%s, was %s); restarting",
+                    url,
+                    found,
+                    {k: stored.get(k) for k in found},
+                )
                 _discard(part)
                 raise _Retry("file changed on the server", immediate=True)
         else:
@@ -468,8 +460,10 @@ def fetch(
                     continue
                 if attempt >= retries:
                     if part.exists() and part.stat().st_size:
-                        kept = (f"the partial file {part.resolve()} ({part.stat().st_size} "
-                                "bytes) is kept and the next run resumes it")
+                        kept = (
+                            f"the partial file {part.resolve()} ({part.stat().st_size} "
+                            "bytes) is kept and the next run resumes it"
+                        )
                     else:
                         _discard(part)
                         kept = "nothing was kept"
@@ -490,7 +484,7 @@ def fetch_source(
     expected: dict | None = None,
     **kwargs,
 ) -> dict[str, dict]:
-    """Fetch the "reviews" and "meta" URLs to ``out_dir/{reviews,meta}.json.gz``.
+    """Fetch the "reviews" and "meta" URLs to ``out_dir/{reviews,meta}.json.gz`` (the `download` rule).
 
     ``expected`` maps a kind to ``{"sha256": ..., "size": ...}`` (either may be missing);
     the returned records hold what was measured, for the caller to log or pin.
@@ -507,4 +501,3 @@ def fetch_source(
             **kwargs,
         )
     return records
-

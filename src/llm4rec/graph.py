@@ -44,16 +44,21 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy.sparse import csgraph
 
+from .preprocess import interaction_matrix
+
 __all__ = [
+    "EXACT_HOPS",
     "RelationIndex",
     "build_relation_index",
     "graph_stats",
     "relation_from_hops",
+    "relation_lut",
     "relation_table",
 ]
 
 FORMAT_VERSION = 1
 FAR = 6  # the seed's horizon: max(6 - d, 0) is 0 from 6 hops on
+EXACT_HOPS = 5  # the seed's relation tells hop distances apart up to 5 (6 and more: equal)
 _CHUNK_ENTRIES = 20_000_000  # sparse entries gathered per row-intersection chunk
 _BFS_BYTES = 128 * 2**20  # gathered bit words per BFS level
 _HUB_BYTES = 256 * 2**20  # cap on the hub bit sets (n_items x n_hubs bits)
@@ -88,6 +93,11 @@ def relation_from_hops(hops: np.ndarray, d6: int, has_edges: bool = True) -> np.
     if h.size and h.min() < 0:
         raise ValueError("hop distances must be >= 0")
     return relation_table(d6, has_edges)[np.minimum(h, FAR)]
+
+
+def relation_lut(max_hops: int, d6: int, has_edges: bool = True) -> np.ndarray:
+    """R per hop class 0..max_hops+1 (class max_hops+1 = farther; exact for max_hops >= 5)."""
+    return relation_from_hops(np.arange(max_hops + 2), d6, has_edges)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,10 +219,10 @@ def _bfs_pair_distance(adj: sp.csr_matrix, a: np.ndarray, b: np.ndarray, limit: 
     order = np.argsort(slot_of_pair, kind="stable")
     bounds = np.searchsorted(slot_of_pair[order], np.arange(0, len(src) + step, step))
     for c, s0 in enumerate(range(0, len(src), step)):
-        pairs = order[bounds[c]:bounds[c + 1]]
+        pairs = order[bounds[c] : bounds[c + 1]]
         slots = slot_of_pair[pairs] - s0
         todo = np.ones(len(pairs), dtype=bool)
-        for level, visited in _bfs_levels(adj, src[s0:s0 + step], limit):
+        for level, visited in _bfs_levels(adj, src[s0 : s0 + step], limit):
             idx = np.flatnonzero(todo)
             if len(idx) == 0:
                 break
@@ -234,8 +244,13 @@ def _diameter_info(adj: sp.csr_matrix) -> dict:
     n = adj.shape[0]
     n_comp = int(csgraph.connected_components(adj, directed=False)[0]) if n else 0
     if n_comp != 1:
-        return {"d6": FAR, "components": n_comp, "diameter_lower_bound": None, "diameter": None,
-                "method": "disconnected"}
+        return {
+            "d6": FAR,
+            "components": n_comp,
+            "diameter_lower_bound": None,
+            "diameter": None,
+            "method": "disconnected",
+        }
     deg = np.diff(adj.indptr)
     lb, node = 0.0, int(np.argmax(deg))
     for _ in range(4):  # repeated double sweep: cheap, usually tight
@@ -245,8 +260,7 @@ def _diameter_info(adj: sp.csr_matrix) -> dict:
         lb, node = ecc, far
     lb_i = int(lb)
     if lb_i >= FAR:
-        return {"d6": FAR, "components": 1, "diameter_lower_bound": lb_i, "diameter": None,
-                "method": "double_sweep"}
+        return {"d6": FAR, "components": 1, "diameter_lower_bound": lb_i, "diameter": None, "method": "double_sweep"}
     # Exact: every source's ball must cover the graph within 5 hops, else D6 = 6.
     step = _bfs_source_chunk(adj)
     diameter = 0
@@ -261,10 +275,20 @@ def _diameter_info(adj: sp.csr_matrix) -> dict:
                 diameter = max(diameter, level)
                 break
         else:
-            return {"d6": FAR, "components": 1, "diameter_lower_bound": lb_i, "diameter": None,
-                    "method": "all_source_bfs"}
-    return {"d6": min(FAR, diameter), "components": 1, "diameter_lower_bound": lb_i,
-            "diameter": diameter, "method": "all_source_bfs"}
+            return {
+                "d6": FAR,
+                "components": 1,
+                "diameter_lower_bound": lb_i,
+                "diameter": None,
+                "method": "all_source_bfs",
+            }
+    return {
+        "d6": min(FAR, diameter),
+        "components": 1,
+        "diameter_lower_bound": lb_i,
+        "diameter": diameter,
+        "method": "all_source_bfs",
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,8 +302,14 @@ class RelationIndex:
     exact distances up to 5, which is all the seed formula distinguishes.
     """
 
-    def __init__(self, train_csr: sp.spmatrix | sp.sparray, max_hops: int = 5, *,
-                 hub_threshold: int | None = None, include_eval_edges: bool = False) -> None:
+    def __init__(
+        self,
+        train_csr: sp.spmatrix | sp.sparray,
+        max_hops: int = 5,
+        *,
+        hub_threshold: int | None = None,
+        include_eval_edges: bool = False,
+    ) -> None:
         """``train_csr``: users x items, nonzero = edge (values and duplicates are ignored).
 
         ``hub_threshold``: items whose two-hop row is longer get a precomputed 4-hop ball as bits
@@ -313,8 +343,7 @@ class RelationIndex:
         """Symmetric (U+I)^2 adjacency (sparse), built on first use."""
         if self._adj is None:
             u, i = self.n_users, self.n_items
-            self._adj = _binary_csr(sp.bmat([[None, self._b], [self._bt, None]], format="csr"),
-                                    shape=(u + i, u + i))
+            self._adj = _binary_csr(sp.bmat([[None, self._b], [self._bt, None]], format="csr"), shape=(u + i, u + i))
         return self._adj
 
     def _select_hubs(self, hub_threshold: int | None) -> None:
@@ -333,12 +362,10 @@ class RelationIndex:
         adj = self._graph()
         step = _bfs_source_chunk(adj)
         for s0 in range(0, len(self._hubs), step):
-            src = self._hubs[s0:s0 + step] + self.n_users
-            visited = None
-            for _, visited in _bfs_levels(adj, src, 4):
-                pass
+            src = self._hubs[s0 : s0 + step] + self.n_users
+            *_, (_, visited) = _bfs_levels(adj, src, 4)  # one array, updated in place per level
             w0 = s0 // 64
-            self._hub_bits[:, w0:w0 + visited.shape[1]] = visited[self.n_users:]
+            self._hub_bits[:, w0 : w0 + visited.shape[1]] = visited[self.n_users :]
 
     # -- persistence --------------------------------------------------------------------------
 
@@ -347,9 +374,12 @@ class RelationIndex:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         arrays = {
-            "b_indptr": self._b.indptr, "b_indices": self._b.indices,
-            "c_indptr": self._c.indptr, "c_indices": self._c.indices,
-            "hubs": self._hubs, "hub_bits": self._hub_bits,
+            "b_indptr": self._b.indptr,
+            "b_indices": self._b.indices,
+            "c_indptr": self._c.indptr,
+            "c_indices": self._c.indices,
+            "hubs": self._hubs,
+            "hub_bits": self._hub_bits,
         }
         npz = d / "relation.npz"
         with zipfile.ZipFile(npz, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
@@ -358,17 +388,23 @@ class RelationIndex:
                 with zf.open(zi, "w", force_zip64=True) as f:
                     np.lib.format.write_array(f, np.ascontiguousarray(arr), allow_pickle=False)
         meta = {
-            "format_version": FORMAT_VERSION, "n_users": self.n_users, "n_items": self.n_items,
-            "n_edges": int(self._b.nnz), "max_hops": self.max_hops, "d6": self.d6,
-            "has_edges": self.has_edges, "hub_threshold": self.hub_threshold,
-            "include_eval_edges": self.include_eval_edges, "diameter_info": self.diameter_info,
+            "format_version": FORMAT_VERSION,
+            "n_users": self.n_users,
+            "n_items": self.n_items,
+            "n_edges": int(self._b.nnz),
+            "max_hops": self.max_hops,
+            "d6": self.d6,
+            "has_edges": self.has_edges,
+            "hub_threshold": self.hub_threshold,
+            "include_eval_edges": self.include_eval_edges,
+            "diameter_info": self.diameter_info,
         }
         js = d / "relation.json"
         js.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         return [npz, js]
 
     @classmethod
-    def load(cls, directory: str | Path, max_hops: int | None = None) -> "RelationIndex":
+    def load(cls, directory: str | Path, max_hops: int | None = None) -> RelationIndex:
         """Load what ``save`` wrote (no pickle); ``max_hops`` overrides the saved one."""
         d = Path(directory)
         meta = json.loads((d / "relation.json").read_text())
@@ -510,6 +546,7 @@ class RelationIndex:
             # some item k of u1 with d(k, u2) <= 3, i.e. B[u2] meets C[k]
             def item_user_le3(k: np.ndarray, v: np.ndarray) -> np.ndarray:
                 return _rows_intersect(self._b, v, self._c, k)
+
             out[rest[self._expanded(u1[rest], u2[rest], item_user_le3)]] = 4
         return np.minimum(out, limit + 1)
 
@@ -524,23 +561,16 @@ class RelationIndex:
         return res
 
 
-def build_relation_index(interactions: pd.DataFrame, n_users: int, n_items: int,
-                         include_eval_edges: bool = False, max_hops: int = 5) -> RelationIndex:
+def build_relation_index(
+    interactions: pd.DataFrame, n_users: int, n_items: int, include_eval_edges: bool = False, max_hops: int = 5
+) -> RelationIndex:
     """``RelationIndex`` over the train split (or train + val + test, the seed's leaky graph).
 
     ``interactions`` has int columns ``uid`` and ``iid`` (0-based) and ``split`` in
     {"train", "val", "test"}. Val/test rows are never read unless ``include_eval_edges``.
     """
-    splits = {"train", "val", "test"} if include_eval_edges else {"train"}
-    unknown = set(interactions["split"].unique()) - {"train", "val", "test"}
-    if unknown:
-        raise ValueError(f"unknown split values {sorted(unknown)}")
-    rows = interactions[interactions["split"].isin(splits)]
-    uid = rows["uid"].to_numpy(dtype=np.int64)
-    iid = rows["iid"].to_numpy(dtype=np.int64)
-    if len(uid) and (uid.min() < 0 or uid.max() >= n_users or iid.min() < 0 or iid.max() >= n_items):
-        raise ValueError("uid/iid out of range for n_users/n_items")
-    csr = sp.csr_matrix((np.ones(len(uid), dtype=np.int8), (uid, iid)), shape=(n_users, n_items))
+    splits = ("train", "val", "test") if include_eval_edges else ("train",)
+    csr = interaction_matrix(interactions, n_users, n_items, splits, dtype=np.int8)
     return RelationIndex(csr, max_hops=max_hops, include_eval_edges=include_eval_edges)
 
 
@@ -560,12 +590,18 @@ def graph_stats(index: RelationIndex, n_sample_pairs: int, seed: int) -> dict:
     deg_u = np.diff(index._b.indptr)
     deg_i = np.diff(index._bt.indptr)
     return {
-        "nodes": index.n_nodes, "users": index.n_users, "items": index.n_items,
-        "edges": index.n_edges, "include_eval_edges": index.include_eval_edges,
-        "d6": index.d6, "diameter": index.diameter_info,
-        "isolated_users": int((deg_u == 0).sum()), "isolated_items": int((deg_i == 0).sum()),
+        "nodes": index.n_nodes,
+        "users": index.n_users,
+        "items": index.n_items,
+        "edges": index.n_edges,
+        "include_eval_edges": index.include_eval_edges,
+        "d6": index.d6,
+        "diameter": index.diameter_info,
+        "isolated_users": int((deg_u == 0).sum()),
+        "isolated_items": int((deg_i == 0).sum()),
         "max_hops": index.max_hops,
         "relation_by_hops": [float(x) for x in index.relation_table()],
         "item_pair_hops": {"seed": int(seed), "pairs": n_pairs, "histogram": hist},
-        "hubs": int(len(index._hubs)), "hub_threshold": index.hub_threshold,
+        "hubs": int(len(index._hubs)),
+        "hub_threshold": index.hub_threshold,
     }

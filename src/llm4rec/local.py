@@ -27,10 +27,21 @@ import pyarrow.parquet as pq
 
 from .convert import REJECT_TEXT_CHARS, ConvertError, keep_rejects, open_raw
 
-REVIEW_COLUMNS = {"user_id": "required", "item_id": "required", "rating": "required",
-                  "timestamp": "optional", "review_text": "optional", "summary": "optional"}
-ITEM_COLUMNS = {"item_id": "required", "title": "optional", "brand": "optional",
-                "categories": "optional", "description": "optional"}
+REVIEW_COLUMNS = {
+    "user_id": "required",
+    "item_id": "required",
+    "rating": "required",
+    "timestamp": "optional",
+    "review_text": "optional",
+    "summary": "optional",
+}
+ITEM_COLUMNS = {
+    "item_id": "required",
+    "title": "optional",
+    "brand": "optional",
+    "categories": "optional",
+    "description": "optional",
+}
 ID_COLUMNS = ("user_id", "item_id")
 
 
@@ -58,8 +69,9 @@ def read_table(path: Path) -> pd.DataFrame:
 
 def _read_csv(path: Path, sep: str) -> pd.DataFrame:
     try:
-        df = pd.read_csv(path, sep=sep, dtype={c: str for c in ID_COLUMNS}, encoding="utf-8",
-                         keep_default_na=False, na_values=[""])
+        df = pd.read_csv(
+            path, sep=sep, dtype={c: str for c in ID_COLUMNS}, encoding="utf-8", keep_default_na=False, na_values=[""]
+        )
     except pd.errors.EmptyDataError:
         return pd.DataFrame()
     for col in ID_COLUMNS:
@@ -99,7 +111,8 @@ def _exact_ids(column: pa.ChunkedArray, path: Path, name: str) -> list[str | Non
             raise SchemaError(
                 f"{path}: id column {name!r} is {kind} and holds {given[~exact][0]!r}, which is not "
                 f"an integer below {limit:.0f} that a {kind} keeps exactly, so the original id is "
-                "lost. Write the ids as strings (or integers) and import again.")
+                "lost. Write the ids as strings (or integers) and import again."
+            )
         text = np.where(missing, 0.0, values).astype(np.int64).astype(str)
         return [None if m else t for m, t in zip(missing, text.tolist())]
     if pa.types.is_decimal(kind):
@@ -110,8 +123,9 @@ def _exact_ids(column: pa.ChunkedArray, path: Path, name: str) -> list[str | Non
 def _decimal_id(value: Decimal, path: Path, name: str, where: str) -> str:
     if value.is_finite() and value == value.to_integral_value():
         return str(int(value))
-    raise SchemaError(f"{path}{where}: id column {name!r} holds {value}, which is not an integer; "
-                      "ids must be strings or integers.")
+    raise SchemaError(
+        f"{path}{where}: id column {name!r} holds {value}, which is not an integer; ids must be strings or integers."
+    )
 
 
 def _json_id(value: Any, path: Path, name: str, line: int) -> str | None:
@@ -122,8 +136,9 @@ def _json_id(value: Any, path: Path, name: str, line: int) -> str | None:
         return str(value)
     if isinstance(value, Decimal):
         return _decimal_id(value, path, name, f" line {line}")
-    raise SchemaError(f"{path} line {line}: id column {name!r} holds {json.dumps(value)[:60]}; "
-                      "ids must be strings or integers.")
+    raise SchemaError(
+        f"{path} line {line}: id column {name!r} holds {json.dumps(value)[:60]}; ids must be strings or integers."
+    )
 
 
 def _read_json_lines(path: Path) -> pd.DataFrame:
@@ -142,7 +157,9 @@ def _read_json_lines(path: Path) -> pd.DataFrame:
             try:
                 value = json.loads(text, parse_float=Decimal)
             except (ValueError, RecursionError) as exc:
-                raise SchemaError(f"{path} line {number}: not JSON ({exc}); JSON lines hold one object per line") from None
+                raise SchemaError(
+                    f"{path} line {number}: not JSON ({exc}); JSON lines hold one object per line"
+                ) from None
             if not isinstance(value, dict):
                 raise SchemaError(f"{path} line {number}: a JSON object is expected, found {type(value).__name__}")
             records.append(value)
@@ -159,8 +176,10 @@ def _read_json_lines(path: Path) -> pd.DataFrame:
 
 
 def _not_utf8_at(path: Path, line: int, offset: int, byte: int) -> str:
-    return (f"{path}: not UTF-8 text: line {line}, byte offset {offset} holds 0x{byte:02x}. "
-            "Save the table as UTF-8 (from latin-1: iconv -f latin1 -t utf-8 old > new) and import again.")
+    return (
+        f"{path}: not UTF-8 text: line {line}, byte offset {offset} holds 0x{byte:02x}. "
+        "Save the table as UTF-8 (from latin-1: iconv -f latin1 -t utf-8 old > new) and import again."
+    )
 
 
 def _not_utf8(path: Path, exc: UnicodeDecodeError) -> str:
@@ -182,8 +201,10 @@ def _check_columns(df: pd.DataFrame, spec: dict, path: Path) -> pd.DataFrame:
         return pd.DataFrame({c: pd.Series([], dtype=object) for c in spec})
     missing = [c for c, kind in spec.items() if kind == "required" and c not in df.columns]
     if missing:
-        raise SchemaError(f"{path}: missing required column(s) {missing}; found {list(df.columns)}. "
-                          "See the README section 'Bring your own data'.")
+        raise SchemaError(
+            f"{path}: missing required column(s) {missing}; found {list(df.columns)}. "
+            "See the README section 'Bring your own data'."
+        )
     return df
 
 
@@ -211,8 +232,9 @@ def _write_rejects(fh: IO[str], label: str, frame: pd.DataFrame, reasons: np.nda
         fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
 
 
-def import_local(reviews_path: Path, items_path: Path, out_dir: Path, max_reject_frac: float = 0.01,
-                 rejects_copy: Path | None = None) -> dict:
+def import_local(
+    reviews_path: Path, items_path: Path, out_dir: Path, max_reject_frac: float = 0.01, rejects_copy: Path | None = None
+) -> dict:
     """Validate and copy local tables to ``out_dir``'s interim files; returns the counts.
 
     Raises :class:`ConvertError` after writing every output when too many review rows are
@@ -229,9 +251,14 @@ def import_local(reviews_path: Path, items_path: Path, out_dir: Path, max_reject
     items.insert(0, "line", np.arange(1, len(items) + 1, dtype=np.int64))
     rating = pd.to_numeric(reviews["rating"], errors="coerce")
     reasons = np.select(
-        [reviews["user_id"].isna().to_numpy(), reviews["item_id"].isna().to_numpy(),
-         ~np.isfinite(rating.to_numpy(float))],
-        ["missing user_id", "missing item_id", "rating is not a finite number"], default="")
+        [
+            reviews["user_id"].isna().to_numpy(),
+            reviews["item_id"].isna().to_numpy(),
+            ~np.isfinite(rating.to_numpy(float)),
+        ],
+        ["missing user_id", "missing item_id", "rating is not a finite number"],
+        default="",
+    )
     item_reasons = np.where(items["item_id"].isna().to_numpy(), "missing item_id", "")
     bad = reasons != ""
     rejects_path = out_dir / "rejects.jsonl"
@@ -243,8 +270,11 @@ def import_local(reviews_path: Path, items_path: Path, out_dir: Path, max_reject
     good["rating"] = rating[~bad].astype(np.float64)
     good["user_id"] = good["user_id"].astype(str)
     good["item_id"] = good["item_id"].astype(str)
-    good["timestamp"] = (pd.to_numeric(good["timestamp"], errors="coerce").astype("Int64")
-                         if "timestamp" in good else pd.array([pd.NA] * len(good), dtype="Int64"))
+    good["timestamp"] = (
+        pd.to_numeric(good["timestamp"], errors="coerce").astype("Int64")
+        if "timestamp" in good
+        else pd.array([pd.NA] * len(good), dtype="Int64")
+    )
     for col in ("review_text", "summary"):
         good[col] = good[col].astype("string") if col in good else pd.array([None] * len(good), dtype="string")
     good[["line", *REVIEW_COLUMNS]].to_parquet(out_dir / "reviews.parquet", index=False)
@@ -253,25 +283,36 @@ def import_local(reviews_path: Path, items_path: Path, out_dir: Path, max_reject
     kept["item_id"] = kept["item_id"].astype(str)
     for col in ("title", "brand", "description"):
         kept[col] = kept[col].astype("string") if col in kept else pd.array([None] * len(kept), dtype="string")
-    kept["categories"] = [_categories(v) for v in kept["categories"]] if "categories" in kept \
-        else [[] for _ in range(len(kept))]
+    kept["categories"] = (
+        [_categories(v) for v in kept["categories"]] if "categories" in kept else [[] for _ in range(len(kept))]
+    )
     kept[["line", *ITEM_COLUMNS]].to_parquet(out_dir / "items.parquet", index=False)
 
     n_bad = int(bad.sum())
-    report = {"reviews": {"path": str(reviews_path), "lines": int(len(reviews)), "rows": int(len(good)),
-                          "rejected": n_bad},
-              "meta": {"path": str(items_path), "lines": int(len(items)), "rows": int(len(kept)),
-                       "rejected": int(len(items) - len(kept))},
-              "max_reject_frac": max_reject_frac, "source": "local"}
+    report = {
+        "reviews": {"path": str(reviews_path), "lines": int(len(reviews)), "rows": int(len(good)), "rejected": n_bad},
+        "meta": {
+            "path": str(items_path),
+            "lines": int(len(items)),
+            "rows": int(len(kept)),
+            "rejected": int(len(items) - len(kept)),
+        },
+        "max_reject_frac": max_reject_frac,
+        "source": "local",
+    }
     (out_dir / "convert.json").write_text(json.dumps(report, indent=2) + "\n")
     problem = None
     if len(reviews) and n_bad / len(reviews) > max_reject_frac:
-        problem = (f"{reviews_path}: {n_bad} of {len(reviews)} rows rejected ({n_bad / len(reviews):.2%}), "
-                   f"more than convert.max_reject_frac {max_reject_frac:.2%}")
+        problem = (
+            f"{reviews_path}: {n_bad} of {len(reviews)} rows rejected ({n_bad / len(reviews):.2%}), "
+            f"more than convert.max_reject_frac {max_reject_frac:.2%}"
+        )
     elif len(good) == 0:
         problem = f"{reviews_path}: no usable review row"
     if problem:
         where = keep_rejects(rejects_path, rejects_copy)
-        raise ConvertError(f"{problem}. Row numbers and reasons are in {where}; if the table is right,"
-                           " raise convert.max_reject_frac in the config.")
+        raise ConvertError(
+            f"{problem}. Row numbers and reasons are in {where}; if the table is right,"
+            " raise convert.max_reject_frac in the config."
+        )
     return report

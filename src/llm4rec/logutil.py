@@ -46,8 +46,15 @@ class _LogProgress:
     """tqdm's interface for logs: one line per `every` of the work or per `seconds`,
     instead of every redrawn frame (carriage returns) when the output is not a terminal."""
 
-    def __init__(self, iterable: Iterable, desc: str, total: int | None, logger: logging.Logger,
-                 every: float = 0.1, seconds: float = 60.0) -> None:
+    def __init__(
+        self,
+        iterable: Iterable,
+        desc: str,
+        total: int | None,
+        logger: logging.Logger,
+        every: float = 0.1,
+        seconds: float = 60.0,
+    ) -> None:
         self.iterable, self.desc, self.logger = iterable, desc, logger
         self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
         self.every, self.seconds = every, seconds
@@ -78,8 +85,9 @@ class _LogProgress:
             self._line(done, t0)
 
 
-def progress(iterable: Iterable, desc: str, total: int | None = None, disable: bool = False,
-             logger: logging.Logger | None = None):
+def progress(
+    iterable: Iterable, desc: str, total: int | None = None, disable: bool = False, logger: logging.Logger | None = None
+):
     """A tqdm bar on a terminal; otherwise a progress line in the log every 10% or minute."""
     if disable:
         return tqdm(iterable, disable=True)

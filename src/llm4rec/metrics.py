@@ -1,4 +1,4 @@
-"""Top-K ranking metrics (SPEC section 7), computed batch by batch on sparse targets.
+"""Top-K ranking metrics (docs/method.md 7.2-7.3), computed batch by batch on sparse targets.
 
 Conventions, shared by every model and baseline so that numbers are comparable:
 
@@ -18,6 +18,8 @@ masks and targets are materialized one user batch at a time.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -29,26 +31,28 @@ import torch
 __all__ = [
     "DEFAULT_KS_NDCG",
     "DEFAULT_KS_RECALL",
+    "METRICS",
     "EvalResult",
     "RankingEvaluator",
     "evaluate_scores",
     "ndcg_at_k",
     "recall_at_k",
     "selection_score",
-    "split_matrices",
     "top_k",
 ]
 
+log = logging.getLogger(__name__)
+
 DEFAULT_KS_RECALL: tuple[int, ...] = (20, 40)
 DEFAULT_KS_NDCG: tuple[int, ...] = (100,)
+# The metrics every run and baseline reports, named as `RankingEvaluator` names its defaults.
+METRICS: tuple[str, ...] = (*(f"Recall@{k}" for k in DEFAULT_KS_RECALL), *(f"NDCG@{k}" for k in DEFAULT_KS_NDCG))
 
 ScoreFn = Callable[[np.ndarray], torch.Tensor | np.ndarray]
 Targets = sp.spmatrix | sp.sparray | Sequence[np.ndarray]
 
 
-def top_k(
-    scores: torch.Tensor, k: int, exclude: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
+def top_k(scores: torch.Tensor, k: int, exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k items per row, ordered by (-score, item id), excluded items never returned.
 
     Args:
@@ -62,64 +66,97 @@ def top_k(
             end with -1.
         values: [B, k'] the scores of those items (-inf at padded positions). A candidate
             the model scored -inf still ranks (after all finite scores), keeping its score.
-
-    Fast path: ``torch.topk``, then the k' selected items are re-sorted by (-score, id).
-    Rows whose k'-th score also occurs outside the selection (a tie crossing the boundary,
-    where topk's choice is arbitrary) take their top k' from a stable full sort instead.
     """
     if scores.dim() != 2:
         raise ValueError(f"scores must be 2-D [users, items], got shape {tuple(scores.shape)}")
+    if exclude is None:
+        return _top_k(scores, k, None, None, None)
+    if exclude.shape != scores.shape:
+        raise ValueError(f"exclude shape {tuple(exclude.shape)} != scores shape {tuple(scores.shape)}")
+    rows, cols = torch.nonzero(exclude.to(torch.bool), as_tuple=True)
+    n_excluded = torch.bincount(rows, minlength=scores.shape[0])
+    return _top_k(scores, k, rows, cols, n_excluded)
+
+
+def _top_k(
+    scores: torch.Tensor,
+    k: int,
+    ex_rows: torch.Tensor | None,
+    ex_cols: torch.Tensor | None,
+    n_excluded: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`top_k` with the excluded items given as distinct (row, item) index pairs and
+    their count per row, so that the evaluator never builds a dense [B, I] mask.
+
+    Cost: one min/max pass (NaN and -inf check), one copy, the exclusion scatter and one
+    ``torch.topk`` of k'+1 per row; everything else works on [B, k'+1]. The (k'+1)-th value
+    tells whether a tie crosses the k' boundary (where topk's choice among equal scores is
+    arbitrary); only those rows are redone, taking the tied items in id order.
+    """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    if not torch.is_floating_point(scores):
+    if not torch.is_floating_point(scores) or scores.dtype in (torch.float16, torch.bfloat16):
         scores = scores.float()
-    elif scores.dtype in (torch.float16, torch.bfloat16):
-        scores = scores.float()
-    if torch.isnan(scores).any():
-        raise ValueError("scores contain NaN")
     n_rows, n_items = scores.shape
     kk = min(k, n_items)
     if n_rows == 0 or n_items == 0:
         empty = torch.empty((n_rows, kk), dtype=torch.long, device=scores.device)
         return empty, torch.empty((n_rows, kk), dtype=scores.dtype, device=scores.device)
+    lo, hi = torch.aminmax(scores)  # NaN propagates into both
+    if bool(torch.isnan(lo) | torch.isnan(hi)):
+        raise ValueError("scores contain NaN")
 
-    # Working copy: model -inf -> lowest finite value (still a candidate), excluded -> -inf;
-    # adding 0.0 turns -0.0 into 0.0 so that no sort can tell the two zeros apart.
-    lowest = torch.finfo(scores.dtype).min
-    work = torch.where(torch.isneginf(scores), torch.full_like(scores, lowest), scores) + 0.0
-    if exclude is not None:
-        if exclude.shape != scores.shape:
-            raise ValueError(f"exclude shape {tuple(exclude.shape)} != scores shape {tuple(scores.shape)}")
-        work = work.masked_fill(exclude.to(torch.bool), float("-inf"))
-        n_candidates = n_items - exclude.to(torch.bool).sum(dim=1)
+    # Working copy: model -inf -> lowest finite value (still a candidate), excluded -> -inf.
+    if bool(torch.isneginf(lo)):
+        lowest = torch.finfo(scores.dtype).min
+        work = torch.where(torch.isneginf(scores), torch.full_like(scores, lowest), scores)
     else:
+        work = scores.clone()
+    if ex_rows is not None and ex_rows.numel():
+        work[ex_rows, ex_cols] = float("-inf")
+    if n_excluded is None:
         n_candidates = torch.full((n_rows,), n_items, dtype=torch.long, device=scores.device)
+    else:
+        n_candidates = n_items - n_excluded.to(device=scores.device, dtype=torch.long)
 
-    vals, idx = torch.topk(work, kk, dim=1, largest=True, sorted=False)
-    # Re-sort the selection by (-score, id): order by id first, then a stable sort on -score.
+    m = min(kk + 1, n_items)
+    vals, idx = torch.topk(work, m, dim=1, largest=True, sorted=False)
+    vals = vals + 0.0  # -0.0 -> 0.0: no sort below can tell the two zeros apart
+    # Order the selection by (-score, id): by id first, then a stable sort on -score.
     by_id = torch.argsort(idx, dim=1)
-    idx = idx.gather(1, by_id)
-    vals = vals.gather(1, by_id)
+    idx, vals = idx.gather(1, by_id), vals.gather(1, by_id)
     order = torch.sort(-vals, dim=1, stable=True).indices
-    idx = idx.gather(1, order)
-    vals = vals.gather(1, order)
-
-    # Boundary ties: the k'-th value occurs more often in the row than in the selection.
-    kth = vals[:, -1:]
-    in_row = (work == kth).sum(dim=1)
-    in_sel = (vals == kth).sum(dim=1)
-    redo = (in_row > in_sel) & ~torch.isneginf(kth[:, 0])
-    if bool(redo.any()):
-        rows = torch.nonzero(redo, as_tuple=True)[0]
-        full = torch.sort(-work[rows], dim=1, stable=True).indices[:, :kk]
-        idx[rows] = full
-        vals[rows] = work[rows].gather(1, full)
+    idx, vals = idx.gather(1, order), vals.gather(1, order)
+    if m > kk:
+        kth = vals[:, kk - 1]
+        redo = (vals[:, kk] == kth) & ~torch.isneginf(kth)
+        idx = idx[:, :kk]
+        if bool(redo.any()):
+            _fill_boundary_ties(work, idx, vals[:, :kk], torch.nonzero(redo, as_tuple=True)[0], kth)
 
     pos = torch.arange(kk, device=scores.device).unsqueeze(0)
     padded = pos >= n_candidates.unsqueeze(1)
     items = idx.masked_fill(padded, -1)
     values = scores.gather(1, idx).masked_fill(padded, float("-inf"))
     return items, values
+
+
+def _fill_boundary_ties(
+    work: torch.Tensor, idx: torch.Tensor, vals: torch.Tensor, rows: torch.Tensor, kth: torch.Tensor
+) -> None:
+    """In ``rows`` of ``idx`` [B, k'] (sorted by (-score, id)), put the lowest-id items tied
+    at the k'-th score after the items scored above it (those are all in the selection)."""
+    kk = idx.shape[1]
+    t = kth[rows]
+    above = (vals[rows] > t[:, None]).sum(dim=1)
+    r, c = torch.nonzero(work[rows] == t[:, None], as_tuple=True)  # row-major: ids ascending
+    counts = torch.bincount(r, minlength=rows.numel())
+    rank = torch.arange(r.numel(), device=r.device) - (torch.cumsum(counts, 0) - counts)[r]
+    keep = rank < (kk - above)[r]
+    r, c, rank = r[keep], c[keep], rank[keep]
+    sub = idx[rows]
+    sub[r, above[r] + rank] = c
+    idx[rows] = sub
 
 
 def _as_numpy_items(ranked: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -212,51 +249,30 @@ def ndcg_at_k(ranked: torch.Tensor | np.ndarray, targets: Targets, k: int) -> np
 
 
 def selection_score(metrics: dict[str, float]) -> float:
-    """Model-selection score of SPEC section 6: Recall@20 + Recall@40 + NDCG@100."""
+    """Model-selection score (docs/method.md 6.4): Recall@20 + Recall@40 + NDCG@100."""
     return float(metrics["Recall@20"] + metrics["Recall@40"] + metrics["NDCG@100"])
 
 
-def split_matrices(
-    interactions: pd.DataFrame, n_users: int, n_items: int
-) -> dict[str, sp.csr_matrix]:
-    """Binary float32 CSR users x items matrices for the train, val and test splits.
-
-    ``interactions`` holds int columns ``uid``, ``iid`` and ``split`` in {train, val, test};
-    every split key is present in the result even when it has no rows.
-    """
-    missing = {"uid", "iid", "split"} - set(interactions.columns)
-    if missing:
-        raise ValueError(f"interactions lack columns {sorted(missing)}")
-    uid = interactions["uid"].to_numpy(dtype=np.int64)
-    iid = interactions["iid"].to_numpy(dtype=np.int64)
-    split = interactions["split"].astype(str).to_numpy()
-    unknown = set(np.unique(split)) - {"train", "val", "test"}
-    if unknown:
-        raise ValueError(f"unknown split values {sorted(unknown)}")
-    if uid.size and (uid.min() < 0 or uid.max() >= n_users):
-        raise ValueError(f"uid outside [0, {n_users})")
-    if iid.size and (iid.min() < 0 or iid.max() >= n_items):
-        raise ValueError(f"iid outside [0, {n_items})")
-    out: dict[str, sp.csr_matrix] = {}
-    for name in ("train", "val", "test"):
-        sel = split == name
-        mat = sp.csr_matrix(
-            (np.ones(int(sel.sum()), dtype=np.float32), (uid[sel], iid[sel])),
-            shape=(n_users, n_items),
-        )
-        mat.sum_duplicates()
-        mat.data[:] = 1.0
-        out[name] = mat
-    return out
+def _rows_pattern(csr: sp.csr_matrix) -> sp.csr_matrix:
+    """The stored-entry pattern of ``csr`` as canonical bool CSR (sorted, no duplicates)."""
+    pattern = sp.csr_matrix((np.ones(csr.nnz, dtype=bool), csr.indices, csr.indptr), shape=csr.shape)
+    pattern.sum_duplicates()
+    return pattern
 
 
-def _rows_mask(csr: sp.csr_matrix, rows: np.ndarray) -> torch.Tensor:
-    """Dense bool [len(rows), I] of the nonzeros of the given CSR rows (one batch only)."""
-    sub = csr[rows]
-    mask = torch.zeros(sub.shape, dtype=torch.bool)
-    r = np.repeat(np.arange(sub.shape[0]), np.diff(sub.indptr))
-    mask[torch.from_numpy(r), torch.from_numpy(sub.indices.astype(np.int64))] = True
-    return mask
+def _rows_entries(
+    pattern: sp.csr_matrix, rows: np.ndarray, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(batch row, item) index pairs of the given rows of a canonical pattern, and their
+    count per row: the exclusion of one batch without a dense [B, I] mask."""
+    sub = pattern[rows]
+    counts = np.diff(sub.indptr).astype(np.int64)
+    r = np.repeat(np.arange(sub.shape[0], dtype=np.int64), counts)
+    return (
+        torch.from_numpy(r).to(device),
+        torch.from_numpy(sub.indices.astype(np.int64)).to(device),
+        torch.from_numpy(counts).to(device),
+    )
 
 
 @dataclass
@@ -279,8 +295,11 @@ class RankingEvaluator:
 
     Built once per split and reused (grid search, every training epoch). The score
     function gets a sorted int64 array of user ids and returns a [B, I] float tensor or
-    array of scores; train items are masked here, so models need not do it.
+    array of scores; train items are masked here, so models need not do it. A pass that
+    runs longer than ``log_seconds`` logs its progress once per ``log_seconds``.
     """
+
+    log_seconds: float = 60.0
 
     def __init__(
         self,
@@ -309,6 +328,7 @@ class RankingEvaluator:
         if users is not None:
             has_target = np.intersect1d(np.asarray(users, dtype=np.int64), has_target)
         self.users = has_target.astype(np.int64)
+        self._exclude = _rows_pattern(self.train)
 
     @property
     def metric_names(self) -> list[str]:
@@ -322,7 +342,11 @@ class RankingEvaluator:
         k_max = max((*self.ks_recall, *self.ks_ndcg, top_n, 1))
         per_metric: dict[str, list[np.ndarray]] = {m: [] for m in self.metric_names}
         lists: list[pd.DataFrame] = []
+        t0 = last_line = time.perf_counter()
         for start in range(0, self.users.size, self.batch_size):
+            if time.perf_counter() - last_line >= self.log_seconds:
+                last_line = time.perf_counter()
+                log.info("evaluation: %d/%d users, %.0f s", start, self.users.size, last_line - t0)
             batch = self.users[start : start + self.batch_size]
             scores = score_fn(batch)
             if not isinstance(scores, torch.Tensor):
@@ -333,8 +357,7 @@ class RankingEvaluator:
                     f"score_fn returned shape {tuple(scores.shape)}, expected {(batch.size, self.n_items)}"
                 )
             # Rank on the scores' device (GPU scores never cross as a [B, I] copy).
-            exclude = _rows_mask(self.train, batch).to(scores.device)
-            items, values = top_k(scores, k_max, exclude)
+            items, values = _top_k(scores, k_max, *_rows_entries(self._exclude, batch, scores.device))
             items, values = items.cpu(), values.cpu()
             ranked = items.numpy()
             targets = self.target[batch]
@@ -358,8 +381,10 @@ class RankingEvaluator:
         metrics["users"] = int(self.users.size)
         top = None
         if top_n > 0:
-            top = pd.concat(lists, ignore_index=True) if lists else _top_frame(
-                np.empty(0, np.int64), np.empty((0, 0), np.int64), np.empty((0, 0))
+            top = (
+                pd.concat(lists, ignore_index=True)
+                if lists
+                else _top_frame(np.empty(0, np.int64), np.empty((0, 0), np.int64), np.empty((0, 0)))
             )
         return EvalResult(metrics=metrics, per_user=per_user, top_k=top)
 

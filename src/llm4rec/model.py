@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +27,55 @@ from safetensors.torch import load_model, save_file, save_model
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, PretrainedConfig, PreTrainedModel
 
-from .collate import EXACT_HOPS, MASK_MIN, relation_lut
+from .graph import EXACT_HOPS, RelationIndex, relation_lut
 from .tokenization import EntityVocab
 
+# The additive mask the model takes (from the collator) is float32, blocked entries at this.
+MASK_MIN = torch.finfo(torch.float32).min
 SUPPORTED_ATTENTION = ("eager", "sdpa")
 _ALIBI_MODEL_TYPES = ("bloom", "mpt")
 SIDES = ("content", "collab")
 MUTUAL_REG = ("all", "content_entities")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LORA_KEYS = ("r", "alpha", "dropout", "target_modules")
+
+
+@dataclass(frozen=True)
+class TinySettings:
+    """`model.tiny`: the GPT-2 trained from scratch (`backbone: tiny`)."""
+
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_positions: int
+    dropout: float = 0.1  # GPT-2's embedding, attention and residual dropout
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """The `model` block of the config with a variant's overrides (docs/method.md section 9).
+
+    Optional keys default to what a config without them has always meant.
+    """
+
+    backbone: str
+    tiny: TinySettings
+    tokenizer_vocab_size: int
+    attn_implementation: str
+    edge_bias: str
+    second_order: bool
+    freeze_backbone: bool
+    lambda_v: float
+    max_length: int | None = None
+    entity_init_std: float | None = None
+    mutual_reg: str = "all"
+    dtype: str = "float32"
+    lora: Mapping[str, Any] | None = None
+    gradient_checkpointing: bool = False
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelSettings:
+        return cls(**{**d, "tiny": TinySettings(**d["tiny"])})
 
 
 def torch_dtype(name: str | torch.dtype) -> torch.dtype:
@@ -166,6 +207,17 @@ def context_length(backbone: PreTrainedModel) -> int:
     raise ValueError(f"{cfg.model_type}: cannot tell the context length")
 
 
+def backbone_geometry(backbone: str, tiny: TinySettings, tokenizer, max_length: int | None) -> tuple[int, int]:
+    """(input-embedding size, usable context) of a backbone, without loading its weights."""
+    if backbone == "tiny":
+        vocab, context = len(tokenizer), int(tiny.n_positions)
+    else:
+        cfg = AutoConfig.from_pretrained(backbone, trust_remote_code=False)
+        vocab = int(cfg.vocab_size)
+        context = int(getattr(cfg, "n_positions", None) or cfg.max_position_embeddings)
+    return vocab, min(context, max_length) if max_length else context
+
+
 def enable_gradient_checkpointing(backbone: PreTrainedModel) -> None:
     """Recompute each layer's activations in the backward pass (non-reentrant: works with
     frozen or LoRA backbones fed `inputs_embeds`). transformers 5 renamed the method."""
@@ -187,16 +239,25 @@ def lora_settings(lora: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError("model.lora needs r (the adapters' rank)")
     r = int(lora["r"])
     targets = lora.get("target_modules")
-    return {"r": r, "alpha": float(lora.get("alpha", 2 * r)), "dropout": float(lora.get("dropout", 0.0)),
-            "target_modules": list(targets) if targets else None}
+    return {
+        "r": r,
+        "alpha": float(lora.get("alpha", 2 * r)),
+        "dropout": float(lora.get("dropout", 0.0)),
+        "target_modules": list(targets) if targets else None,
+    }
 
 
 def wrap_lora(backbone: PreTrainedModel, lora: Mapping[str, Any]) -> nn.Module:
     """The backbone inside a PEFT LoRA wrapper: only the adapters require gradients."""
     from peft import LoraConfig, get_peft_model
 
-    cfg = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-                     target_modules=lora["target_modules"], bias="none")
+    cfg = LoraConfig(
+        r=lora["r"],
+        lora_alpha=lora["alpha"],
+        lora_dropout=lora["dropout"],
+        target_modules=lora["target_modules"],
+        bias="none",
+    )
     return get_peft_model(backbone, cfg)
 
 
@@ -461,7 +522,7 @@ class EdgeAwareRecModel(nn.Module):
                 self.hop_bias[:, 1] += edge_weight.to(self.hop_bias)
 
     @classmethod
-    def load(cls, run_dir: str | Path, attn_implementation: str = "sdpa", **overrides: Any) -> "EdgeAwareRecModel":
+    def load(cls, run_dir: str | Path, attn_implementation: str = "sdpa", **overrides: Any) -> EdgeAwareRecModel:
         """Rebuild from a folder written by `save`: the backbone from its saved config (no
         access to the original weights), or, for LoRA, the base model by name and revision."""
         d = Path(run_dir)
@@ -480,3 +541,48 @@ class EdgeAwareRecModel(nn.Module):
         model = cls(backbone, **meta)
         model.load_weights(d)
         return model
+
+
+def build_model(
+    settings: ModelSettings, tokenizer, n_users: int, n_items: int, index: RelationIndex | None, seed: int
+) -> EdgeAwareRecModel:
+    """Backbone (tiny from scratch, or any causal LM by name/path, in `model.dtype`, LoRA-wrapped
+    with `model.lora`) plus the entity tables."""
+    torch.manual_seed(seed)
+    m = settings
+    if m.backbone == "tiny":
+        if m.lora:
+            raise ValueError("model.lora needs a pre-trained backbone (a name or folder), not tiny")
+        t = m.tiny
+        backbone = build_tiny_backbone(
+            len(tokenizer),
+            n_layer=t.n_layer,
+            n_embd=t.n_embd,
+            n_head=t.n_head,
+            n_positions=t.n_positions,
+            attn_implementation=m.attn_implementation,
+            dropout=t.dropout,
+            dtype=m.dtype,
+        )
+    else:
+        backbone = load_backbone(m.backbone, attn_implementation=m.attn_implementation, dtype=m.dtype)
+    return EdgeAwareRecModel(
+        backbone,
+        n_users,
+        n_items,
+        lambda_v=m.lambda_v,
+        freeze_backbone=m.freeze_backbone,
+        edge_bias=m.edge_bias,
+        d6=index.d6 if index is not None else 6,
+        max_hops=index.max_hops if index is not None else 5,
+        init_std=m.entity_init_std,
+        mutual_reg=m.mutual_reg,
+        lora=m.lora,
+        gradient_checkpointing=m.gradient_checkpointing,
+    )
+
+
+def max_length(model: EdgeAwareRecModel, settings: ModelSettings) -> int:
+    """Longest sequence: the backbone's context, or less when the config caps it."""
+    cap = settings.max_length
+    return min(context_length(model.lm), cap) if cap else context_length(model.lm)

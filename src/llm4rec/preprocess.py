@@ -1,18 +1,24 @@
 """docs/method.md section 2: rating filter, duplicate collapse, k-core, the seed's ids and split.
 
 Input is the canonical schema (``interim/reviews.parquet``, ``interim/items.parquet``, see
-the README); output is the processed tables every later stage reads.
+the README); output is the processed tables every later stage reads. The reader of those
+tables (``load_processed``) and the matrices derived from them live here too, beside the
+writer, so that their layout is stated once.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from .text import clean_list, clean_text
 
@@ -95,17 +101,22 @@ def clean_items(items: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def preprocess(reviews: pd.DataFrame, items: pd.DataFrame,
-               settings: PreprocessSettings = PreprocessSettings()) -> dict:
+def preprocess(reviews: pd.DataFrame, items: pd.DataFrame, settings: PreprocessSettings = PreprocessSettings()) -> dict:
     """Return ``{"users", "items", "interactions", "stats"}`` per docs/method.md section 2."""
     s = settings
-    reviews = reviews.sort_values("line", kind="stable") if "line" in reviews else \
-        reviews.assign(line=np.arange(1, len(reviews) + 1))
+    reviews = (
+        reviews.sort_values("line", kind="stable")
+        if "line" in reviews
+        else reviews.assign(line=np.arange(1, len(reviews) + 1))
+    )
     stats: dict = {"steps": {"reviews": _counts(reviews)}}
     kept = reviews[reviews["rating"].astype(float) > s.min_rating]
     stats["steps"]["rating_filter"] = _counts(kept)
-    dedup = (kept.sort_values(["timestamp", "line"], kind="stable", na_position="last")
-             .drop_duplicates(["user_id", "item_id"], keep="first").sort_values("line", kind="stable"))
+    dedup = (
+        kept.sort_values(["timestamp", "line"], kind="stable", na_position="last")
+        .drop_duplicates(["user_id", "item_id"], keep="first")
+        .sort_values("line", kind="stable")
+    )
     stats["steps"]["duplicates_collapsed"] = _counts(dedup)
     stats["duplicates_removed"] = int(len(kept) - len(dedup))
     core = k_core(dedup, s.user_core, s.item_core)
@@ -114,7 +125,8 @@ def preprocess(reviews: pd.DataFrame, items: pd.DataFrame,
         raise EmptyDatasetError(
             f"nothing survives the {s.user_core}/{s.item_core}-core: {len(dedup)} interactions of "
             f"{dedup['user_id'].nunique()} users and {dedup['item_id'].nunique()} items before it. "
-            "Lower preprocess.user_core / preprocess.item_core in the config (e.g. 3), or use a larger dataset.")
+            "Lower preprocess.user_core / preprocess.item_core in the config (e.g. 3), or use a larger dataset."
+        )
 
     users, chrono, item_order = _assign_ids(kept, core, s.seed)
     n_users, n_items = len(users), len(item_order)
@@ -123,15 +135,17 @@ def preprocess(reviews: pd.DataFrame, items: pd.DataFrame,
     chrono["split"] = split_users(chrono, n_users, s.val_frac, s.seed)
     is_train = chrono["split"].to_numpy() == "train"
     review_text = chrono["review_text"] if "review_text" in chrono else pd.Series([None] * len(chrono))
-    interactions = pd.DataFrame({
-        "uid": chrono["uid"].to_numpy(np.int64),
-        "iid": chrono["iid"].to_numpy(np.int64),
-        "rating": chrono["rating"].to_numpy(np.float64),
-        "timestamp": chrono["timestamp"].astype("Int64").to_numpy(),
-        "split": pd.Categorical(chrono["split"], categories=["train", "val", "test"]),
-        # Review texts of val/test pairs never reach training (docs/method.md 2.7).
-        "review_text": [clean_text(t) if tr else None for t, tr in zip(review_text, is_train)],
-    })
+    interactions = pd.DataFrame(
+        {
+            "uid": chrono["uid"].to_numpy(np.int64),
+            "iid": chrono["iid"].to_numpy(np.int64),
+            "rating": chrono["rating"].to_numpy(np.float64),
+            "timestamp": chrono["timestamp"].astype("Int64").to_numpy(),
+            "split": pd.Categorical(chrono["split"], categories=["train", "val", "test"]),
+            # Review texts of val/test pairs never reach training (docs/method.md 2.7).
+            "review_text": [clean_text(t) if tr else None for t, tr in zip(review_text, is_train)],
+        }
+    )
 
     meta = clean_items(items)
     meta = meta[meta["item_id"].isin(iid_of.index)]
@@ -147,8 +161,13 @@ def preprocess(reviews: pd.DataFrame, items: pd.DataFrame,
     stats["warnings"] = metadata_warnings(items, item_order)
     for warning in stats["warnings"]:
         log.warning("%s", warning)
-    stats["settings"] = {"min_rating": s.min_rating, "user_core": s.user_core,
-                         "item_core": s.item_core, "val_frac": s.val_frac, "seed": s.seed}
+    stats["settings"] = {
+        "min_rating": s.min_rating,
+        "user_core": s.user_core,
+        "item_core": s.item_core,
+        "val_frac": s.val_frac,
+        "seed": s.seed,
+    }
     return {"users": users_out, "items": items_out, "interactions": interactions, "stats": stats}
 
 
@@ -159,19 +178,22 @@ def metadata_warnings(items: pd.DataFrame, item_order: list) -> list[str]:
     user must hear of it; mismatched ids (``"1000.0"`` against ``"1000"``) are shown.
     """
     if len(items) == 0:
-        return [f"the item table is empty: none of the {len(item_order)} items has a title, brand, "
-                "categories or description (check the meta / items file)"]
+        return [
+            f"the item table is empty: none of the {len(item_order)} items has a title, brand, "
+            "categories or description (check the meta / items file)"
+        ]
     known = pd.Index(items["item_id"].dropna().unique())
     if not known.isin(item_order).any():
-        return [f"none of the {len(known)} item ids of the item table matches one of the "
-                f"{len(item_order)} reviewed items (item table: {list(known[:3])}, reviews: "
-                f"{list(item_order[:3])}): no item has metadata; check that both tables use the same ids"]
+        return [
+            f"none of the {len(known)} item ids of the item table matches one of the "
+            f"{len(item_order)} reviewed items (item table: {list(known[:3])}, reviews: "
+            f"{list(item_order[:3])}): no item has metadata; check that both tables use the same ids"
+        ]
     return []
 
 
 def _counts(df: pd.DataFrame) -> dict:
-    return {"interactions": int(len(df)), "users": int(df["user_id"].nunique()),
-            "items": int(df["item_id"].nunique())}
+    return {"interactions": int(len(df)), "users": int(df["user_id"].nunique()), "items": int(df["item_id"].nunique())}
 
 
 def _split_stats(inter: pd.DataFrame, n_users: int, n_items: int) -> dict:
@@ -179,18 +201,100 @@ def _split_stats(inter: pd.DataFrame, n_users: int, n_items: int) -> dict:
     train_items = set(inter.loc[inter["split"] == "train", "iid"])
     cold = {sp: int(len(set(inter.loc[inter["split"] == sp, "iid"]) - train_items)) for sp in ("val", "test")}
     n = len(inter)
-    return {"users": n_users, "items": n_items, "interactions": int(n),
-            "per_split": {k: int(v) for k, v in per_split.items()},
-            "sparsity": float(1.0 - n / (n_users * n_items)),
-            "items_without_train_interaction": cold}
+    return {
+        "users": n_users,
+        "items": n_items,
+        "interactions": int(n),
+        "per_split": {k: int(v) for k, v in per_split.items()},
+        "sparsity": float(1.0 - n / (n_users * n_items)),
+        "items_without_train_interaction": cold,
+    }
 
 
 def write_processed(result: dict, out_dir: Path) -> None:
     """Write the processed tables and ``stats.json``."""
-    import json
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in ("users", "items", "interactions"):
         result[name].to_parquet(out_dir / f"{name}.parquet", index=False)
     (out_dir / "stats.json").write_text(json.dumps(result["stats"], indent=2) + "\n")
+
+
+# --- reading the processed tables --------------------------------------------------------
+
+
+@dataclass
+class Processed:
+    """The processed tables as the later stages read them: sizes and interactions.
+
+    ``interactions`` holds at least ``uid``, ``iid`` and ``split``; the per-user train lists
+    and the per-split matrices are derived once, when first asked for.
+    """
+
+    n_users: int
+    n_items: int
+    interactions: pd.DataFrame
+
+    @cached_property
+    def train_items(self) -> list[np.ndarray]:
+        """Each user's train items, ascending id."""
+        return train_items_by_user(self.interactions, self.n_users)
+
+    @cached_property
+    def matrices(self) -> dict[str, sp.csr_matrix]:
+        """Binary users x items matrices of the train, val and test splits."""
+        return split_matrices(self.interactions, self.n_users, self.n_items)
+
+
+def processed_sizes(folder: str | Path) -> tuple[int, int]:
+    """(users, items) of a ``processed/`` folder, from its user and item tables."""
+    folder = Path(folder)
+    return (
+        len(pd.read_parquet(folder / "users.parquet", columns=["uid"])),
+        len(pd.read_parquet(folder / "items.parquet", columns=["iid"])),
+    )
+
+
+def load_processed(folder: str | Path, columns: Iterable[str] = ("uid", "iid", "split")) -> Processed:
+    """The user and item counts and the interactions (``columns`` of them) of a ``processed/`` folder."""
+    n_users, n_items = processed_sizes(folder)
+    return Processed(n_users, n_items, pd.read_parquet(Path(folder) / "interactions.parquet", columns=list(columns)))
+
+
+def train_items_by_user(interactions: pd.DataFrame, n_users: int) -> list[np.ndarray]:
+    """Each user's train items, ascending id (empty arrays for users without any)."""
+    tr = interactions.loc[interactions["split"] == "train", ["uid", "iid"]].to_numpy(np.int64)
+    tr = tr[np.lexsort((tr[:, 1], tr[:, 0]))]
+    cuts = np.searchsorted(tr[:, 0], np.arange(n_users + 1))
+    return [tr[cuts[u] : cuts[u + 1], 1] for u in range(n_users)]
+
+
+def interaction_matrix(
+    interactions: pd.DataFrame, n_users: int, n_items: int, splits: Iterable[str] = ("train",), dtype: type = np.float32
+) -> sp.csr_matrix:
+    """Binary users x items CSR of the rows in ``splits`` (a repeated pair counts once).
+
+    Refuses split values other than train/val/test and ids outside ``n_users``/``n_items``.
+    """
+    unknown = set(interactions["split"].astype(str).unique()) - {"train", "val", "test"}
+    if unknown:
+        raise ValueError(f"unknown split values {sorted(unknown)}")
+    rows = interactions[interactions["split"].isin(list(splits))]
+    uid = rows["uid"].to_numpy(dtype=np.int64)
+    iid = rows["iid"].to_numpy(dtype=np.int64)
+    if len(uid) and (uid.min() < 0 or uid.max() >= n_users or iid.min() < 0 or iid.max() >= n_items):
+        raise ValueError("uid/iid out of range for n_users/n_items")
+    m = sp.csr_matrix((np.ones(len(uid), dtype=dtype), (uid, iid)), shape=(n_users, n_items))
+    m.sum_duplicates()
+    m.data[:] = 1
+    return m
+
+
+def split_matrices(interactions: pd.DataFrame, n_users: int, n_items: int) -> dict[str, sp.csr_matrix]:
+    """Binary float32 users x items CSR of each of train, val and test (present even when empty)."""
+    missing = {"uid", "iid", "split"} - set(interactions.columns)
+    if missing:
+        raise ValueError(f"interactions lack columns {sorted(missing)}")
+    return {
+        name: interaction_matrix(interactions, n_users, n_items, splits=(name,)) for name in ("train", "val", "test")
+    }

@@ -9,7 +9,6 @@ and every Snakemake start (``git_commit``) need neither, and torch alone costs s
 
 from __future__ import annotations
 
-import hashlib
 import html
 import importlib.metadata
 import json
@@ -28,8 +27,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from llm4rec.download import sha256_file  # noqa: E402
+
 if TYPE_CHECKING:
-    from llm4rec.prompts import Examples
+    from llm4rec.encoding import Examples
 
 __all__ = [
     "METRICS",
@@ -52,9 +53,22 @@ __all__ = [
     "table_html",
 ]
 
+# `llm4rec.evaluation.METRICS`, written out: importing it would import torch (see above).
 METRICS: tuple[str, ...] = ("Recall@20", "Recall@40", "NDCG@100")
-PACKAGES: tuple[str, ...] = ("llm4rec", "numpy", "scipy", "pandas", "pyarrow", "torch", "transformers",
-                             "tokenizers", "accelerate", "safetensors", "matplotlib", "snakemake")
+PACKAGES: tuple[str, ...] = (
+    "llm4rec",
+    "numpy",
+    "scipy",
+    "pandas",
+    "pyarrow",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "accelerate",
+    "safetensors",
+    "matplotlib",
+    "snakemake",
+)
 
 
 # --- summary ---------------------------------------------------------------------------
@@ -94,12 +108,19 @@ def summary_table(records: Sequence[RunRecord]) -> pd.DataFrame:
     rows = []
     for r in records:
         m = json.loads((Path(r.run_dir) / "metrics.json").read_text())
-        rows.append({
-            "method": r.method, "kind": r.kind, "seed": r.seed,
-            **{k: float(m["test"][k]) for k in METRICS}, "users": int(m["test"]["users"]),
-            **{f"val_{k}": float(m["val"][k]) for k in METRICS},
-            "epoch": m.get("epoch"), "seconds": benchmark_seconds(r.benchmarks), "run": str(r.run_dir),
-        })
+        rows.append(
+            {
+                "method": r.method,
+                "kind": r.kind,
+                "seed": r.seed,
+                **{k: float(m["test"][k]) for k in METRICS},
+                "users": int(m["test"]["users"]),
+                **{f"val_{k}": float(m["val"][k]) for k in METRICS},
+                "epoch": m.get("epoch"),
+                "seconds": benchmark_seconds(r.benchmarks),
+                "run": str(r.run_dir),
+            }
+        )
     cols = ["method", "kind", "seed", *METRICS, "users", *(f"val_{k}" for k in METRICS), "epoch", "seconds", "run"]
     out = pd.DataFrame(rows, columns=cols)
     out["seed"] = out["seed"].astype("Int64")
@@ -115,8 +136,12 @@ def per_user_mean(frames: Sequence[pd.DataFrame], metric: str = "Recall@20") -> 
     return wide.mean(axis=1).sort_index()
 
 
-def paired_wilcoxon(per_user: Mapping[str, Sequence[pd.DataFrame]], reference: str = "full",
-                    metric: str = "Recall@20", methods: Sequence[str] | None = None) -> pd.DataFrame:
+def paired_wilcoxon(
+    per_user: Mapping[str, Sequence[pd.DataFrame]],
+    reference: str = "full",
+    metric: str = "Recall@20",
+    methods: Sequence[str] | None = None,
+) -> pd.DataFrame:
     """Two-sided paired Wilcoxon signed-rank test of ``reference`` against every other method.
 
     Pairs are users evaluated by both; each user's value is first averaged over the method's
@@ -139,13 +164,35 @@ def paired_wilcoxon(per_user: Mapping[str, Sequence[pd.DataFrame]], reference: s
         else:
             res = scipy.stats.wilcoxon(a.to_numpy(), b.to_numpy(), alternative="two-sided")
             stat, p = float(res.statistic), float(res.pvalue)
-        rows.append({"method": name, "reference": reference, "metric": metric, "n_users": int(diff.size),
-                     "n_nonzero": nonzero, "mean_reference": float(a.mean()) if a.size else math.nan,
-                     "mean_method": float(b.mean()) if b.size else math.nan,
-                     "mean_diff": float(diff.mean()) if diff.size else math.nan,
-                     "statistic": stat, "p_value": p})
-    return pd.DataFrame(rows, columns=["method", "reference", "metric", "n_users", "n_nonzero", "mean_reference",
-                                       "mean_method", "mean_diff", "statistic", "p_value"])
+        rows.append(
+            {
+                "method": name,
+                "reference": reference,
+                "metric": metric,
+                "n_users": int(diff.size),
+                "n_nonzero": nonzero,
+                "mean_reference": float(a.mean()) if a.size else math.nan,
+                "mean_method": float(b.mean()) if b.size else math.nan,
+                "mean_diff": float(diff.mean()) if diff.size else math.nan,
+                "statistic": stat,
+                "p_value": p,
+            }
+        )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "method",
+            "reference",
+            "metric",
+            "n_users",
+            "n_nonzero",
+            "mean_reference",
+            "mean_method",
+            "mean_diff",
+            "statistic",
+            "p_value",
+        ],
+    )
 
 
 def method_table(summary: pd.DataFrame, wilcoxon: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -161,8 +208,9 @@ def method_table(summary: pd.DataFrame, wilcoxon: pd.DataFrame | None = None) ->
     out["n_seeds"] = [int(len(g.get_group(m))) for m in order]
     for col in (*METRICS, "seconds"):
         out[f"{col}_mean"] = [float(g.get_group(m)[col].mean()) for m in order]
-        out[f"{col}_std"] = [float(g.get_group(m)[col].std(ddof=1)) if len(g.get_group(m)) > 1 else math.nan
-                             for m in order]
+        out[f"{col}_std"] = [
+            float(g.get_group(m)[col].std(ddof=1)) if len(g.get_group(m)) > 1 else math.nan for m in order
+        ]
     if wilcoxon is not None and len(wilcoxon):
         w = wilcoxon.set_index("method")
         out["wilcoxon_reference"] = w["reference"].iloc[0]
@@ -199,8 +247,7 @@ def table_html(df: pd.DataFrame, title: str, note: str = "") -> str:
         "<style>body{font-family:sans-serif;font-size:14px;margin:1em}"
         "table.t{border-collapse:collapse}table.t td,table.t th{padding:4px 8px;border-bottom:1px solid #ccc;"
         "text-align:right}table.t td:first-child,table.t th:first-child{text-align:left}</style></head><body>"
-        f"<h3>{html.escape(title)}</h3>{body}"
-        + (f"<p>{html.escape(note)}</p>" if note else "") + "</body></html>\n"
+        f"<h3>{html.escape(title)}</h3>{body}" + (f"<p>{html.escape(note)}</p>" if note else "") + "</body></html>\n"
     )
 
 
@@ -244,15 +291,25 @@ def plot_training_curves(method: str, histories: Mapping[int, Mapping[str, pd.Da
             for kind, marker in (("content", "s"), ("collab", ".")):
                 part = pre[pre["kind"] == kind]
                 if len(part):
-                    axes[0].plot(part["epoch"], part["loss"], marker=marker, ls="-" if kind == "collab" else "none",
-                                 label=f"{kind} s{seed}")
+                    axes[0].plot(
+                        part["epoch"],
+                        part["loss"],
+                        marker=marker,
+                        ls="-" if kind == "collab" else "none",
+                        label=f"{kind} s{seed}",
+                    )
         if fin is not None and len(fin):
             axes[1].plot(fin["epoch"], fin["loss"], label=f"s{seed}")
             for metric in METRICS:
                 col = f"val_{metric}"
                 if col in fin:
-                    axes[2].plot(fin["epoch"], fin[col], color=colors[metric], alpha=0.8,
-                                 label=metric if seed == min(histories) else None)
+                    axes[2].plot(
+                        fin["epoch"],
+                        fin[col],
+                        color=colors[metric],
+                        alpha=0.8,
+                        label=metric if seed == min(histories) else None,
+                    )
             if "val_score" in fin:
                 best = int(fin["epoch"].iloc[int(np.argmax(fin["val_score"].to_numpy()))])
                 axes[2].axvline(best, color="grey", ls=":", lw=1)
@@ -278,8 +335,9 @@ def plot_multivae_curves(histories: Mapping[int, pd.DataFrame], path: str | Path
         axes[0].plot(h["epoch"], h["loss"], label=f"loss s{seed}")
         beta_ax.plot(h["epoch"], h["beta"], color="grey", ls="--", lw=1)
         for metric in METRICS:
-            axes[1].plot(h["epoch"], h[metric], color=colors[metric], alpha=0.8,
-                         label=metric if seed == min(histories) else None)
+            axes[1].plot(
+                h["epoch"], h[metric], color=colors[metric], alpha=0.8, label=metric if seed == min(histories) else None
+            )
         axes[1].axvline(int(h["epoch"].iloc[int(np.argmax(h["selection"].to_numpy()))]), color="grey", ls=":", lw=1)
     axes[0].set(title="training loss (dashed: KL weight)", xlabel="epoch")
     beta_ax.set_ylabel("KL weight beta")
@@ -308,8 +366,9 @@ class BiasExample:
     hops: np.ndarray  # [n, n] hop distances between the entities' graph nodes
 
 
-def second_order_bias(examples: Examples, index: Any, vocab: int, n_users: int, n_items: int,
-                      max_entities: int = 12) -> BiasExample:
+def second_order_bias(
+    examples: Examples, index: Any, vocab: int, n_users: int, n_items: int, max_entities: int = 12
+) -> BiasExample:
     """Build the attention bias of one real second-order prompt with the training collator.
 
     Picks the prompt whose entity pairs show the most distinct relation values (then the
@@ -317,8 +376,9 @@ def second_order_bias(examples: Examples, index: Any, vocab: int, n_users: int, 
     distances the bias encodes rather than a uniform block. Raises
     :class:`NoSecondOrderPrompt` when there is none, for the caller to say so.
     """
-    from llm4rec.collate import MASK_MIN, EdgeAwareCollator
-    from llm4rec.prompts import GRAPH_KINDS, KIND_NAMES
+    from llm4rec.collate import EdgeAwareCollator
+    from llm4rec.encoding import GRAPH_KINDS, KIND_NAMES
+    from llm4rec.model import MASK_MIN
     from llm4rec.tokenization import EntityVocab
 
     candidates = np.flatnonzero(np.isin(examples.kind, sorted(GRAPH_KINDS)))
@@ -340,7 +400,9 @@ def second_order_bias(examples: Examples, index: Any, vocab: int, n_users: int, 
     n, pos, nodes, sub = best
     sub = np.where(sub <= MASK_MIN / 2, np.nan, sub).astype(np.float64)
     ent = nodes[pos]
-    hops = np.asarray(index.hops(np.repeat(ent, ent.size), np.tile(ent, ent.size)), dtype=np.int64).reshape(ent.size, -1)
+    hops = np.asarray(index.hops(np.repeat(ent, ent.size), np.tile(ent, ent.size)), dtype=np.int64).reshape(
+        ent.size, -1
+    )
     labels = [ev.token_string(int(t)) for t in ev.vocab + ent]
     return BiasExample(n, KIND_NAMES[int(examples.kind[n])], labels, sub, hops)
 
@@ -355,12 +417,20 @@ def plot_relation_bias(ex: BiasExample, path: str | Path, max_hops: int = 5) -> 
         for j in range(ex.bias.shape[1]):
             if not np.isnan(ex.bias[i, j]):
                 h = ex.hops[i, j]
-                ax.text(j, i, f"{ex.bias[i, j]:.2f}\n{'>' + str(max_hops) if h > max_hops else h}h",
-                        ha="center", va="center", fontsize=6, color="w" if ex.bias[i, j] < mid else "k")
+                ax.text(
+                    j,
+                    i,
+                    f"{ex.bias[i, j]:.2f}\n{'>' + str(max_hops) if h > max_hops else h}h",
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="w" if ex.bias[i, j] < mid else "k",
+                )
     ax.set_xticks(range(len(ex.labels)), ex.labels, rotation=90, fontsize=7)
     ax.set_yticks(range(len(ex.labels)), ex.labels, fontsize=7)
-    ax.set_title(f"relation bias R, {ex.kind} prompt #{ex.example}\n(query row, key column; blank: causal mask)",
-                 fontsize=9)
+    ax.set_title(
+        f"relation bias R, {ex.kind} prompt #{ex.example}\n(query row, key column; blank: causal mask)", fontsize=9
+    )
     fig.colorbar(im, ax=ax, shrink=0.8, label="R (added to attention logits)")
     fig.tight_layout()
     fig.savefig(path)
@@ -375,8 +445,15 @@ def plot_no_relation_bias(path: str | Path, reason: str) -> None:
     with plt.rc_context({"svg.fonttype": "none"}):
         fig, ax = plt.subplots(figsize=(7, 2))
         ax.axis("off")
-        ax.text(0.5, 0.5, f"No second-order prompt: {reason}.\nThe relation bias heatmap needs one.",
-                ha="center", va="center", fontsize=10, wrap=True)
+        ax.text(
+            0.5,
+            0.5,
+            f"No second-order prompt: {reason}.\nThe relation bias heatmap needs one.",
+            ha="center",
+            va="center",
+            fontsize=10,
+            wrap=True,
+        )
         fig.savefig(path)
         plt.close(fig)
 
@@ -388,12 +465,17 @@ def dataset_stats_html(dataset: str, processed: Mapping[str, Any], graph: Mappin
     """Filtering steps, split sizes and graph facts as one HTML page."""
     steps = pd.DataFrame([{"step": k, **v} for k, v in processed.get("steps", {}).items()])
     facts = {
-        "users": processed.get("users"), "items": processed.get("items"),
-        "interactions": processed.get("interactions"), "sparsity": processed.get("sparsity"),
+        "users": processed.get("users"),
+        "items": processed.get("items"),
+        "interactions": processed.get("interactions"),
+        "sparsity": processed.get("sparsity"),
         **{f"{k} interactions": v for k, v in processed.get("per_split", {}).items()},
-        "graph nodes": graph.get("nodes"), "graph edges (train)": graph.get("edges"),
-        "graph from val/test edges too": graph.get("include_eval_edges"), "D6": graph.get("d6"),
-        "isolated users": graph.get("isolated_users"), "isolated items": graph.get("isolated_items"),
+        "graph nodes": graph.get("nodes"),
+        "graph edges (train)": graph.get("edges"),
+        "graph from val/test edges too": graph.get("include_eval_edges"),
+        "D6": graph.get("d6"),
+        "isolated users": graph.get("isolated_users"),
+        "isolated items": graph.get("isolated_items"),
     }
     facts_df = pd.DataFrame({"statistic": list(facts), "value": [str(v) for v in facts.values()]})
     hist = graph.get("item_pair_hops", {}).get("histogram", {})
@@ -405,21 +487,19 @@ def dataset_stats_html(dataset: str, processed: Mapping[str, Any], graph: Mappin
     return parts[0].split("<body>", 1)[0] + "<body>" + "".join(bodies) + "</body></html>\n"
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def git_commit(repo: str | Path) -> str:
     """HEAD of the checkout (plus '-dirty' with uncommitted changes); 'unknown' outside git."""
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head + ("-dirty" if dirty else "")
@@ -435,14 +515,24 @@ def package_versions(names: Sequence[str] = PACKAGES) -> dict[str, str]:
     return out
 
 
-def provenance_html(config_text: str, commit: str, packages: Mapping[str, str],
-                    raw_files: Mapping[str, str | Path]) -> str:
+def provenance_html(
+    config_text: str, commit: str, packages: Mapping[str, str], raw_files: Mapping[str, str | Path]
+) -> str:
     """Config, git commit, package versions and sha256 of the raw inputs, as one HTML page."""
-    files = pd.DataFrame([{"file": str(p), "bytes": Path(p).stat().st_size, "sha256": sha256_file(p)}
-                          for p in raw_files.values()], columns=["file", "bytes", "sha256"])
+    files = pd.DataFrame(
+        [{"file": str(p), "bytes": Path(p).stat().st_size, "sha256": sha256_file(p)} for p in raw_files.values()],
+        columns=["file", "bytes", "sha256"],
+    )
     pk = pd.DataFrame({"package": list(packages), "version": list(packages.values())})
     head = table_html(pk, "package versions").split("<body>", 1)
-    return (head[0] + "<body><h3>git commit</h3><p><code>" + html.escape(commit) + "</code></p>"
-            + head[1].rsplit("</body>", 1)[0]
-            + table_html(files, "raw input files").split("<body>", 1)[1].rsplit("</body>", 1)[0]
-            + "<h3>configuration (merged, as run; JSON)</h3><pre>" + html.escape(config_text) + "</pre></body></html>\n")
+    return (
+        head[0]
+        + "<body><h3>git commit</h3><p><code>"
+        + html.escape(commit)
+        + "</code></p>"
+        + head[1].rsplit("</body>", 1)[0]
+        + table_html(files, "raw input files").split("<body>", 1)[1].rsplit("</body>", 1)[0]
+        + "<h3>configuration (merged, as run; JSON)</h3><pre>"
+        + html.escape(config_text)
+        + "</pre></body></html>\n"
+    )

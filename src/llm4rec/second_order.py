@@ -30,8 +30,9 @@ import pyarrow.parquet as pq
 
 __all__ = ["build_second_order", "save_second_order", "SCHEMA"]
 
-SCHEMA = pa.schema([("kind", pa.string()), ("value", pa.string()), ("chunk", pa.int32()),
-                    ("item_ids", pa.list_(pa.int64()))])
+SCHEMA = pa.schema(
+    [("kind", pa.string()), ("value", pa.string()), ("chunk", pa.int32()), ("item_ids", pa.list_(pa.int64()))]
+)
 
 
 def _clean_keys(values: pd.Series) -> pd.Series:
@@ -53,8 +54,9 @@ def _chunks(items: np.ndarray, k: int, rng: np.random.Generator) -> list[np.ndar
     return [np.sort(p) for p in parts if len(p) >= 2]
 
 
-def build_second_order(items: pd.DataFrame, max_group_frac: float = 0.5,
-                       max_items_per_prompt: int = 32, seed: int = 98765) -> pd.DataFrame:
+def build_second_order(
+    items: pd.DataFrame, max_group_frac: float = 0.5, max_items_per_prompt: int = 32, seed: int = 98765
+) -> pd.DataFrame:
     """Brand and category groups of items, cut into prompt-sized chunks.
 
     ``items`` has ``iid`` (int), ``brand`` (str or None, cleaned) and ``categories`` (list of
@@ -74,10 +76,13 @@ def build_second_order(items: pd.DataFrame, max_group_frac: float = 0.5,
     cats = cats[cats.map(lambda v: v is not None and not (isinstance(v, float) and np.isnan(v)))]
     cats = _clean_keys(cats.map(lambda v: [v] if isinstance(v, str) else list(v)).explode())
 
-    pairs = pd.concat([
-        pd.DataFrame({"kind": "brand", "value": brand.to_numpy(), "iid": brand.index.to_numpy()}),
-        pd.DataFrame({"kind": "category", "value": cats.to_numpy(), "iid": cats.index.to_numpy()}),
-    ], ignore_index=True).drop_duplicates()
+    pairs = pd.concat(
+        [
+            pd.DataFrame({"kind": "brand", "value": brand.to_numpy(), "iid": brand.index.to_numpy()}),
+            pd.DataFrame({"kind": "category", "value": cats.to_numpy(), "iid": cats.index.to_numpy()}),
+        ],
+        ignore_index=True,
+    ).drop_duplicates()
     size = pairs.groupby(["kind", "value"])["iid"].transform("size")
     too_common = (pairs["kind"] == "category") & (size > max_group_frac * n_items)
     pairs = pairs[(size >= 2) & ~too_common].sort_values(["kind", "value", "iid"], kind="stable")
@@ -88,14 +93,14 @@ def build_second_order(items: pd.DataFrame, max_group_frac: float = 0.5,
         for c, part in enumerate(_chunks(members, max_items_per_prompt, _group_seed(seed, kind, value))):
             rows.append((kind, value, c, [int(x) for x in part]))
     return pd.DataFrame(rows, columns=["kind", "value", "chunk", "item_ids"]).astype(
-        {"kind": str, "value": str, "chunk": np.int32})
+        {"kind": str, "value": str, "chunk": np.int32}
+    )
 
 
 def save_second_order(groups: pd.DataFrame, path: str | Path) -> Path:
     """Write the groups as parquet with a fixed schema (also when there are no groups)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pandas(groups[["kind", "value", "chunk", "item_ids"]], schema=SCHEMA,
-                                 preserve_index=False)
+    table = pa.Table.from_pandas(groups[["kind", "value", "chunk", "item_ids"]], schema=SCHEMA, preserve_index=False)
     pq.write_table(table, p)
     return p

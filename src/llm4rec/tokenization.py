@@ -1,4 +1,4 @@
-"""Tokenizers and the entity-token id space.
+"""Tokenizers (the `tokenizer` stage) and the entity-token id space.
 
 Free text goes through a subword tokenizer; user and item tokens never do. They map
 straight to ids past the backbone's input-embedding size (`vocab + u`, `vocab + U + i`)
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 END_OF_TEXT = "<|endoftext|>"
@@ -55,6 +56,32 @@ def train_bpe_tokenizer(
     out.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(str(out))
     return fast
+
+
+def tokenizer_corpus(items: pd.DataFrame, interactions: pd.DataFrame) -> list[str]:
+    """Texts a from-scratch tokenizer learns from: train reviews and item fields only."""
+    texts = interactions.loc[interactions["split"] == "train", "review_text"].dropna().tolist()
+    for col in ("title", "brand", "description"):
+        if col in items:
+            texts += items[col].dropna().tolist()
+    if "categories" in items:
+        texts += [", ".join(c) for c in items["categories"] if c is not None and len(c)]
+    return [str(t) for t in texts]
+
+
+def tokenizer_source(backbone: str, tokenizer_dir: str | Path | None) -> str:
+    """Where a backbone's tokenizer is: `tiny`'s is trained by the `tokenizer` rule, any
+    other backbone brings its own (hub name or folder)."""
+    if backbone == "tiny":
+        if tokenizer_dir is None:
+            raise ValueError("backbone 'tiny' needs the tokenizer trained by the `tokenizer` rule")
+        return str(tokenizer_dir)
+    return backbone
+
+
+def backbone_tokenizer(backbone: str, tokenizer_dir: str | Path | None) -> PreTrainedTokenizerBase:
+    """The tokenizer of a backbone (see `tokenizer_source`), loaded."""
+    return load_tokenizer(tokenizer_source(backbone, tokenizer_dir))
 
 
 def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:

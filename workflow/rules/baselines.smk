@@ -1,9 +1,6 @@
 """Baselines on the same split and metrics, fitted on train only (docs/method.md 7.5)."""
 
 
-include: "baselines_common.smk"
-
-
 rule baseline:
     input:
         interactions="results/{dataset}/processed/interactions.parquet",
@@ -14,50 +11,45 @@ rule baseline:
         per_user="results/{dataset}/baselines/{name}/per_user.parquet",
         recommendations="results/{dataset}/baselines/{name}/recommendations.parquet",
         history="results/{dataset}/baselines/{name}/history.csv",
-    wildcard_constraints:
-        name="|".join(DETERMINISTIC_BASELINES),
-    params:
-        settings=baseline_settings,
-        seed=0,
-        version=VERSION,
     log:
         "logs/{dataset}/baselines/{name}.log",
     benchmark:
         "benchmarks/{dataset}/baselines/{name}.tsv"
+    wildcard_constraints:
+        name="|".join(DETERMINISTIC_BASELINES),
     conda:
         "../../envs/llm4rec.yaml"
-    threads: 1
+    # EASE's Cholesky inverses (n^3 flops per lambda) are the one baseline step that scales
+    # with cores; the rest is single-threaded work.
+    threads: lambda wc: 2 if wc.name == "ease" else 1
     resources:
-        mem_mb=lambda wc: int(BASELINE_SETTINGS.get("ease", {}).get("max_memory_gb", 8) * 1000 + 2000)
-        if wc.name == "ease" else 4000,
+        mem_mb=lambda wc: (
+            int(BASELINE_SETTINGS.get("ease", {}).get("max_memory_gb", 8) * 1000 + 2000) if wc.name == "ease" else 4000
+        ),
+    params:
+        settings=baseline_settings,
+        seed=0,
+        version=VERSION,
     script:
         "../scripts/baseline.py"
 
 
-rule multivae:
-    input:
-        interactions="results/{dataset}/processed/interactions.parquet",
-        users="results/{dataset}/processed/users.parquet",
-        catalog="results/{dataset}/processed/items.parquet",
+use rule baseline as multivae with:
     output:
         metrics="results/{dataset}/baselines/multivae-s{seed}/metrics.json",
         per_user="results/{dataset}/baselines/multivae-s{seed}/per_user.parquet",
         recommendations="results/{dataset}/baselines/multivae-s{seed}/recommendations.parquet",
         history="results/{dataset}/baselines/multivae-s{seed}/history.csv",
-    wildcard_constraints:
-        seed=r"\d+",
-    params:
-        settings=baseline_settings,
-        seed=lambda wc: int(wc.seed),
-        version=VERSION,
     log:
         "logs/{dataset}/baselines/multivae-s{seed}.log",
     benchmark:
         "benchmarks/{dataset}/baselines/multivae-s{seed}.tsv"
-    conda:
-        "../../envs/llm4rec.yaml"
+    wildcard_constraints:
+        seed=r"\d+",
     threads: 1
     resources:
         mem_mb=4000,
-    script:
-        "../scripts/baseline.py"
+    params:
+        settings=baseline_settings,
+        seed=lambda wc: int(wc.seed),
+        version=VERSION,

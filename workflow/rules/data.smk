@@ -12,18 +12,18 @@ rule download:
         reviews="resources/raw/{dataset}/reviews.json.gz",
         meta="resources/raw/{dataset}/meta.json.gz",
         record="resources/raw/{dataset}/download.json",
-    params:
-        download=download_params,
-        version=VERSION,
-    wildcard_constraints:
-        dataset=_alternatives(RAW_DATASETS),
     log:
         "logs/{dataset}/download.log",
     benchmark:
         "benchmarks/{dataset}/download.tsv"
+    wildcard_constraints:
+        dataset=_alternatives(RAW_DATASETS),
     conda:
         "../../envs/llm4rec.yaml"
     threads: 1
+    params:
+        download=download_params,
+        version=VERSION,
     script:
         "../scripts/download.py"
 
@@ -37,20 +37,20 @@ rule convert:
         catalog="results/{dataset}/interim/items.parquet",
         rejects="results/{dataset}/interim/rejects.jsonl",
         report="results/{dataset}/interim/convert.json",
-    params:
-        convert=config["convert"],
-        version=VERSION,
-    wildcard_constraints:
-        dataset=_alternatives(RAW_DATASETS),
     log:
         "logs/{dataset}/convert.log",
     benchmark:
         "benchmarks/{dataset}/convert.tsv"
+    wildcard_constraints:
+        dataset=_alternatives(RAW_DATASETS),
     conda:
         "../../envs/llm4rec.yaml"
     threads: 1
     resources:
         mem_mb=4000,
+    params:
+        convert=config["convert"],
+        version=VERSION,
     script:
         "../scripts/convert.py"
 
@@ -63,20 +63,20 @@ rule import_local:
         catalog="results/{dataset}/interim/items.parquet",
         rejects="results/{dataset}/interim/rejects.jsonl",
         report="results/{dataset}/interim/convert.json",
-    params:
-        convert=config["convert"],
-        version=VERSION,
-    wildcard_constraints:
-        dataset=_alternatives(LOCAL_DATASETS),
     log:
         "logs/{dataset}/import_local.log",
     benchmark:
         "benchmarks/{dataset}/import_local.tsv"
+    wildcard_constraints:
+        dataset=_alternatives(LOCAL_DATASETS),
     conda:
         "../../envs/llm4rec.yaml"
     threads: 1
     resources:
         mem_mb=4000,
+    params:
+        convert=config["convert"],
+        version=VERSION,
     script:
         "../scripts/import_local.py"
 
@@ -90,10 +90,6 @@ rule preprocess:
         catalog="results/{dataset}/processed/items.parquet",
         interactions="results/{dataset}/processed/interactions.parquet",
         stats="results/{dataset}/processed/stats.json",
-    params:
-        preprocess=config["preprocess"],
-        seed=config["data_seed"],
-        version=VERSION,
     log:
         "logs/{dataset}/preprocess.log",
     benchmark:
@@ -103,5 +99,9 @@ rule preprocess:
     threads: 1
     resources:
         mem_mb=8000,
+    params:
+        preprocess=config["preprocess"],
+        seed=config["data_seed"],
+        version=VERSION,
     script:
         "../scripts/preprocess.py"

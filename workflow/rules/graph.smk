@@ -9,10 +9,6 @@ rule relation_matrix:
     output:
         index=directory("results/{dataset}/graph/relation"),
         stats="results/{dataset}/graph/stats.json",
-    params:
-        graph=config["graph"],
-        seed=config["data_seed"],
-        version=VERSION,
     log:
         "logs/{dataset}/relation_matrix.log",
     benchmark:
@@ -22,6 +18,10 @@ rule relation_matrix:
     threads: 1
     resources:
         mem_mb=8000,
+    params:
+        graph=config["graph"],
+        seed=config["data_seed"],
+        version=VERSION,
     script:
         "../scripts/relation_matrix.py"
 
@@ -31,10 +31,6 @@ rule second_order:
         catalog="results/{dataset}/processed/items.parquet",
     output:
         groups="results/{dataset}/graph/second_order.parquet",
-    params:
-        second_order=config["second_order"],
-        seed=config["data_seed"],
-        version=VERSION,
     log:
         "logs/{dataset}/second_order.log",
     benchmark:
@@ -44,5 +40,9 @@ rule second_order:
     threads: 1
     resources:
         mem_mb=2000,
+    params:
+        second_order=config["second_order"],
+        seed=config["data_seed"],
+        version=VERSION,
     script:
         "../scripts/second_order.py"

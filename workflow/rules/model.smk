@@ -12,9 +12,6 @@ rule tokenizer:
         interactions="results/{dataset}/processed/interactions.parquet",
     output:
         directory("results/{dataset}/tokenizer"),
-    params:
-        vocab_size=config["model"]["tokenizer_vocab_size"],
-        version=VERSION,
     log:
         "logs/{dataset}/tokenizer.log",
     benchmark:
@@ -24,6 +21,9 @@ rule tokenizer:
     threads: 1
     resources:
         mem_mb=4000,
+    params:
+        vocab_size=config["model"]["tokenizer_vocab_size"],
+        version=VERSION,
     script:
         "../scripts/tokenizer.py"
 
@@ -36,12 +36,6 @@ rule encode:
         tokenizer=tokenizer_input,
     output:
         content="results/{dataset}/encoded/content.npz",
-    params:
-        backbone=config["model"]["backbone"],
-        tiny=config["model"]["tiny"],
-        max_length=config["model"]["max_length"],
-        seed=config["data_seed"],
-        version=VERSION,
     log:
         "logs/{dataset}/encode.log",
     benchmark:
@@ -51,10 +45,18 @@ rule encode:
     threads: 1
     resources:
         mem_mb=8000,
+    params:
+        backbone=config["model"]["backbone"],
+        tiny=config["model"]["tiny"],
+        max_length=config["model"]["max_length"],
+        seed=config["data_seed"],
+        version=VERSION,
     script:
         "../scripts/encode.py"
 
 
+# The three training and evaluation stages run one command (`launch()`): each names its
+# library module and stage and passes its own paths as `params.paths`.
 rule pretrain:
     input:
         processed="results/{dataset}/processed/interactions.parquet",
@@ -63,13 +65,6 @@ rule pretrain:
         tokenizer=tokenizer_input,
     output:
         directory(f"{RUN}/pretrain"),
-    params:
-        processed=lambda wc, input: os.path.dirname(input.processed),
-        settings=run_settings,
-        version=VERSION,
-        ckpt=f"{RUN}/pretrain.ckpt",
-        tokenizer=lambda wc, input: input.tokenizer or "none",
-        cpu_processes=config["launch"]["num_processes"],
     log:
         "logs/{dataset}/{variant}-s{seed}/pretrain.log",
     benchmark:
@@ -80,13 +75,20 @@ rule pretrain:
     resources:
         mem_mb=config["resources"]["train_mem_mb"],
         gpu=config["resources"]["train_gpus"],
+    params:
+        module="llm4rec.training",
+        stage="pretrain",
+        paths=lambda wc, input, output: ["--content", input.content, "--out", output[0], "--ckpt", f"{output[0]}.ckpt"],
+        processed=lambda wc, input: os.path.dirname(input.processed),
+        settings=run_settings,
+        version=VERSION,
+        tokenizer=lambda wc, input: input.tokenizer or "none",
+        cpu_processes=config["launch"]["num_processes"],
     shell:
-        launch("pretrain.py") + " --processed {params.processed:q} --graph {input.graph:q}"
-        " --content {input.content:q} --tokenizer {params.tokenizer:q} --out {output:q} --ckpt {params.ckpt:q}"
-        " --settings {params.settings:q} --version {params.version:q} --threads {threads:q} > {log:q} 2>&1"
+        launch()
 
 
-rule finetune:
+use rule pretrain as finetune with:
     input:
         processed="results/{dataset}/processed/interactions.parquet",
         graph="results/{dataset}/graph/relation",
@@ -94,30 +96,23 @@ rule finetune:
         tokenizer=tokenizer_input,
     output:
         directory(f"{RUN}/finetune"),
-    params:
-        processed=lambda wc, input: os.path.dirname(input.processed),
-        settings=run_settings,
-        version=VERSION,
-        ckpt=f"{RUN}/finetune.ckpt",
-        tokenizer=lambda wc, input: input.tokenizer or "none",
-        cpu_processes=config["launch"]["num_processes"],
     log:
         "logs/{dataset}/{variant}-s{seed}/finetune.log",
     benchmark:
         "benchmarks/{dataset}/{variant}-s{seed}/finetune.tsv"
-    conda:
-        "../../envs/llm4rec.yaml"
-    threads: config["resources"]["train_threads"]
-    resources:
-        mem_mb=config["resources"]["train_mem_mb"],
-        gpu=config["resources"]["train_gpus"],
-    shell:
-        launch("finetune.py") + " --processed {params.processed:q} --graph {input.graph:q}"
-        " --pretrained {input.pretrained:q} --tokenizer {params.tokenizer:q} --out {output:q} --ckpt {params.ckpt:q}"
-        " --settings {params.settings:q} --version {params.version:q} --threads {threads:q} > {log:q} 2>&1"
+    params:
+        stage="finetune",
+        paths=lambda wc, input, output: [
+            "--pretrained",
+            input.pretrained,
+            "--out",
+            output[0],
+            "--ckpt",
+            f"{output[0]}.ckpt",
+        ],
 
 
-rule evaluate:
+use rule pretrain as evaluate with:
     input:
         processed="results/{dataset}/processed/interactions.parquet",
         graph="results/{dataset}/graph/relation",
@@ -127,24 +122,20 @@ rule evaluate:
         metrics=f"{RUN}/metrics.json",
         recommendations=f"{RUN}/recommendations.parquet",
         per_user=f"{RUN}/per_user.parquet",
-    params:
-        processed=lambda wc, input: os.path.dirname(input.processed),
-        settings=run_settings,
-        version=VERSION,
-        tokenizer=lambda wc, input: input.tokenizer or "none",
-        cpu_processes=config["launch"]["num_processes"],
     log:
         "logs/{dataset}/{variant}-s{seed}/evaluate.log",
     benchmark:
         "benchmarks/{dataset}/{variant}-s{seed}/evaluate.tsv"
-    conda:
-        "../../envs/llm4rec.yaml"
-    threads: config["resources"]["train_threads"]
-    resources:
-        mem_mb=config["resources"]["train_mem_mb"],
-        gpu=config["resources"]["train_gpus"],
-    shell:
-        launch("evaluate.py") + " --processed {params.processed:q} --graph {input.graph:q}"
-        " --finetuned {input.finetuned:q} --tokenizer {params.tokenizer:q} --metrics {output.metrics:q}"
-        " --recommendations {output.recommendations:q} --per-user {output.per_user:q}"
-        " --settings {params.settings:q} --version {params.version:q} --threads {threads:q} > {log:q} 2>&1"
+    params:
+        module="llm4rec.evaluation",
+        stage="evaluate",
+        paths=lambda wc, input, output: [
+            "--finetuned",
+            input.finetuned,
+            "--metrics",
+            output.metrics,
+            "--recommendations",
+            output.recommendations,
+            "--per-user",
+            output.per_user,
+        ],

@@ -24,11 +24,6 @@ rule summary:
             labels={"table": "methods: mean ± std, time, p-value"},
             caption="../report/summary.rst",
         ),
-    params:
-        records=run_records,
-        reference=reference_variant(),
-        metric=REPORT.get("test_metric", "Recall@20"),
-        version=VERSION,
     log:
         "logs/{dataset}/summary.log",
     benchmark:
@@ -38,6 +33,11 @@ rule summary:
     threads: 1
     resources:
         mem_mb=2000,
+    params:
+        records=run_records,
+        reference=reference_variant(),
+        metric=REPORT.get("test_metric", "Recall@20"),
+        version=VERSION,
     script:
         "../scripts/summary.py"
 
@@ -53,8 +53,6 @@ rule report_dataset:
             labels={"figure": "dataset statistics"},
             caption="../report/dataset.rst",
         ),
-    params:
-        version=VERSION,
     log:
         "logs/{dataset}/report_dataset.log",
     benchmark:
@@ -64,6 +62,8 @@ rule report_dataset:
     threads: 1
     resources:
         mem_mb=1000,
+    params:
+        version=VERSION,
     script:
         "../scripts/report_dataset.py"
 
@@ -82,9 +82,6 @@ rule report_bias:
             labels={"figure": "relation bias of a second-order prompt"},
             caption="../report/relation_bias.rst",
         ),
-    params:
-        max_entities=REPORT.get("heatmap_max_entities", 12),
-        version=VERSION,
     log:
         "logs/{dataset}/report_bias.log",
     benchmark:
@@ -94,6 +91,9 @@ rule report_bias:
     threads: 1
     resources:
         mem_mb=2000,
+    params:
+        max_entities=REPORT.get("heatmap_max_entities", 12),
+        version=VERSION,
     script:
         "../scripts/report_bias.py"
 
@@ -109,9 +109,6 @@ rule report_curves:
             labels={"method": "{method}", "file": "curves"},
             caption="../report/curves.rst",
         ),
-    params:
-        seeds=config["seeds"],
-        version=VERSION,
     log:
         "logs/{dataset}/report_curves_{method}.log",
     benchmark:
@@ -121,6 +118,9 @@ rule report_curves:
     threads: 1
     resources:
         mem_mb=1000,
+    params:
+        seeds=config["seeds"],
+        version=VERSION,
     script:
         "../scripts/report_curves.py"
 
@@ -136,8 +136,6 @@ rule report_methods:
             labels={"table": "bar chart (mean ± std over seeds)"},
             caption="../report/methods.rst",
         ),
-    params:
-        version=VERSION,
     log:
         "logs/{dataset}/report_methods.log",
     benchmark:
@@ -147,6 +145,8 @@ rule report_methods:
     threads: 1
     resources:
         mem_mb=1000,
+    params:
+        version=VERSION,
     script:
         "../scripts/report_methods.py"
 
@@ -161,10 +161,6 @@ rule report_provenance:
             labels={"file": "config, commit, packages, checksums"},
             caption="../report/provenance.rst",
         ),
-    params:
-        config=lambda wc: json.dumps(config, sort_keys=True),
-        commit=git_commit(),
-        version=VERSION,
     log:
         "logs/{dataset}/report_provenance.log",
     benchmark:
@@ -174,5 +170,9 @@ rule report_provenance:
     threads: 1
     resources:
         mem_mb=1000,
+    params:
+        config=lambda wc: json.dumps(config, sort_keys=True),
+        commit=git_commit(),
+        version=VERSION,
     script:
         "../scripts/report_provenance.py"

@@ -11,8 +11,14 @@ with log_to(snakemake.log[0]) as log:
     torch.set_num_threads(snakemake.threads)
     name = snakemake.wildcards.get("name", "multivae")
     s = json.loads(snakemake.params.settings)
-    run = run_baseline(name, load_splits(snakemake.input.interactions.rsplit("/", 1)[0]), s["settings"],
-                       seed=snakemake.params.seed, top_k=s["top_k"], batch_size=s["batch_size"])
+    run = run_baseline(
+        name,
+        load_splits(snakemake.input.interactions.rsplit("/", 1)[0]),
+        s["settings"],
+        seed=snakemake.params.seed,
+        top_k=s["top_k"],
+        batch_size=s["batch_size"],
+    )
     out = snakemake.output
     write_baseline_run(run, out.metrics, out.per_user, out.recommendations, out.history)
     log.info("%s: %s", name, run.metrics)

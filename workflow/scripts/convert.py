@@ -12,8 +12,11 @@ with log_to(snakemake.log[0]) as log:
     log_path = Path(snakemake.log[0])
     try:
         report = convert_dataset(
-            Path(snakemake.input.reviews), Path(snakemake.input.meta), out_dir,
-            max_reject_frac=p["max_reject_frac"], max_line_bytes=p["max_line_bytes"],
+            Path(snakemake.input.reviews),
+            Path(snakemake.input.meta),
+            out_dir,
+            max_reject_frac=p["max_reject_frac"],
+            max_line_bytes=p["max_line_bytes"],
             rejects_copy=log_path.with_suffix(".rejects.jsonl"),
         )
     except ConvertError:

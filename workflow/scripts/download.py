@@ -3,18 +3,22 @@
 import json
 from pathlib import Path
 
-from llm4rec.download import fetch
+from llm4rec.download import fetch_source
 from llm4rec.logutil import log_to
 
 with log_to(snakemake.log[0]) as log:
     p = snakemake.params.download
-    record = {}
-    for kind in ("reviews", "meta"):
-        url = p["urls"][kind]
-        record[kind] = fetch(
-            url if "://" in url else Path(url).resolve().as_uri(), Path(snakemake.output[kind]),
-            sha256=p["sha256"][kind],
-            size=p["size"][kind], retries=p["retries"], backoff=p["backoff"], timeout=p["timeout"],
-        )
-        log.info("%s: %s", kind, record[kind])
-    Path(snakemake.output.record).write_text(json.dumps(record, indent=2) + "\n")
+    out = snakemake.output
+    # The demo's URLs are paths relative to the working directory (see download_params).
+    urls = {kind: url if "://" in url else Path(url).resolve().as_uri() for kind, url in p["urls"].items()}
+    record = fetch_source(
+        urls,
+        Path(out.reviews).parent,
+        expected={kind: {"sha256": p["sha256"][kind], "size": p["size"][kind]} for kind in urls},
+        retries=p["retries"],
+        backoff=p["backoff"],
+        timeout=p["timeout"],
+    )
+    for kind, rec in record.items():
+        log.info("%s: %s", kind, rec)
+    Path(out.record).write_text(json.dumps(record, indent=2) + "\n")

@@ -11,9 +11,13 @@ with log_to(snakemake.log[0]) as log:
     out_dir = Path(snakemake.output.reviews).parent
     log_path = Path(snakemake.log[0])
     try:
-        report = import_local(Path(snakemake.input.reviews), Path(snakemake.input.catalog), out_dir,
-                              snakemake.params.convert["max_reject_frac"],
-                              rejects_copy=log_path.with_suffix(".rejects.jsonl"))
+        report = import_local(
+            Path(snakemake.input.reviews),
+            Path(snakemake.input.catalog),
+            out_dir,
+            snakemake.params.convert["max_reject_frac"],
+            rejects_copy=log_path.with_suffix(".rejects.jsonl"),
+        )
     except ConvertError:
         # Snakemake deletes a failed job's outputs: keep the counts beside the log too.
         if (out_dir / "convert.json").is_file():

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Usage: launch.sh [--mixed_precision no|bf16|fp16] GPUS CPU_PROCS SCRIPT [ARGS...]
-# Runs SCRIPT under `accelerate launch`: one process per GPU the job was given (GPUS, the
+# Usage: launch.sh [--mixed_precision no|bf16|fp16] GPUS CPU_PROCS (SCRIPT | -m MODULE) [ARGS...]
+# Runs SCRIPT (or MODULE) under `accelerate launch`: one process per GPU the job was given (GPUS, the
 # rule's `gpu` resource); without GPUs (GPUS=0) CPU_PROCS processes, one unless testing
 # (more than one: processes of type MULTI_CPU). Several processes talk on a free local port.
 # --mixed_precision is accelerate's (`launch.mixed_precision`; default no): autocast with

@@ -3,11 +3,10 @@
 import json
 from pathlib import Path
 
-import pandas as pd
-
+from llm4rec.encoding import Examples
 from llm4rec.graph import RelationIndex
 from llm4rec.logutil import log_to
-from llm4rec.prompts import Examples
+from llm4rec.preprocess import processed_sizes
 from llm4rec.report import NoSecondOrderPrompt, plot_no_relation_bias, plot_relation_bias, second_order_bias
 
 with log_to(snakemake.log[0]) as log:
@@ -15,13 +14,19 @@ with log_to(snakemake.log[0]) as log:
     vocab = json.loads((Path(inp.pretrained) / "backbone" / "config.json").read_text())["vocab_size"]
     index = RelationIndex.load(inp.graph)
     try:
-        ex = second_order_bias(Examples.load(inp.content), index, vocab,
-                               len(pd.read_parquet(inp.users, columns=["uid"])),
-                               len(pd.read_parquet(inp.catalog, columns=["iid"])), snakemake.params.max_entities)
+        ex = second_order_bias(
+            Examples.load(inp.content),
+            index,
+            vocab,
+            *processed_sizes(Path(inp.users).parent),
+            snakemake.params.max_entities,
+        )
     except NoSecondOrderPrompt:
         # Items that share no brand or category make no second-order group: say so, do not fail.
-        reason = (f"no brand or category is shared by two items of {snakemake.wildcards.dataset} "
-                  "(a category on more than second_order.max_group_frac of the items does not count)")
+        reason = (
+            f"no brand or category is shared by two items of {snakemake.wildcards.dataset} "
+            "(a category on more than second_order.max_group_frac of the items does not count)"
+        )
         plot_no_relation_bias(snakemake.output[0], reason)
         log.warning("no second-order prompt: %s; wrote a figure that says so", reason)
     else:

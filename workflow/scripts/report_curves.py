@@ -13,6 +13,8 @@ with log_to(snakemake.log[0]):
         plot_multivae_curves({s: pd.read_csv(p) for s, p in zip(seeds, snakemake.input)}, snakemake.output[0])
     else:
         dirs = iter(snakemake.input)  # pretrain, finetune per seed (curve_inputs' order)
-        histories = {s: {stage: pd.read_csv(Path(next(dirs)) / "history.csv") for stage in ("pretrain", "finetune")}
-                     for s in seeds}
+        histories = {
+            s: {stage: pd.read_csv(Path(next(dirs)) / "history.csv") for stage in ("pretrain", "finetune")}
+            for s in seeds
+        }
         plot_training_curves(method, histories, snakemake.output[0])

@@ -7,6 +7,10 @@ from llm4rec.logutil import log_to
 from llm4rec.report import dataset_stats_html
 
 with log_to(snakemake.log[0]):
-    Path(snakemake.output[0]).write_text(dataset_stats_html(
-        snakemake.wildcards.dataset, json.loads(Path(snakemake.input.processed).read_text()),
-        json.loads(Path(snakemake.input.graph).read_text())))
+    Path(snakemake.output[0]).write_text(
+        dataset_stats_html(
+            snakemake.wildcards.dataset,
+            json.loads(Path(snakemake.input.processed).read_text()),
+            json.loads(Path(snakemake.input.graph).read_text()),
+        )
+    )

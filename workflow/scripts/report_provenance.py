@@ -8,5 +8,6 @@ from llm4rec.report import package_versions, provenance_html
 
 with log_to(snakemake.log[0]):
     config_text = json.dumps(json.loads(snakemake.params.config), indent=2)
-    Path(snakemake.output[0]).write_text(provenance_html(
-        config_text, snakemake.params.commit, package_versions(), dict(snakemake.input.items())))
+    Path(snakemake.output[0]).write_text(
+        provenance_html(config_text, snakemake.params.commit, package_versions(), dict(snakemake.input.items()))
+    )

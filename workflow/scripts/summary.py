@@ -9,8 +9,10 @@ from llm4rec.logutil import log_to
 from llm4rec.report import RunRecord, display_table, method_table, paired_wilcoxon, summary_table, table_html
 
 with log_to(snakemake.log[0]) as log:
-    records = [RunRecord(r["method"], r["kind"], r["seed"], Path(r["run_dir"]), [Path(b) for b in r["benchmarks"]])
-               for r in json.loads(snakemake.params.records)]
+    records = [
+        RunRecord(r["method"], r["kind"], r["seed"], Path(r["run_dir"]), [Path(b) for b in r["benchmarks"]])
+        for r in json.loads(snakemake.params.records)
+    ]
     summary = summary_table(records)
     per_user = {}
     for r in records:
@@ -25,9 +27,13 @@ with log_to(snakemake.log[0]) as log:
     shown = display_table(methods)
     # For the report's rst (csv-table): '@' escaped, else docutils turns Recall@20 into a mailto link.
     shown.rename(columns=lambda c: c.replace("@", "\\@")).to_csv(out.display, index=False)
-    Path(out.html).write_text(table_html(
-        shown, "Test metrics per method (mean ± std over seeds)",
-        f"p: two-sided paired Wilcoxon signed-rank test on per-user {metric} (each user's value averaged "
-        f"over seeds) of {ref} against the method. Time: wall-clock seconds of the method's rules "
-        "(pretrain + finetune + evaluate for variants), mean over seeds."))
+    Path(out.html).write_text(
+        table_html(
+            shown,
+            "Test metrics per method (mean ± std over seeds)",
+            f"p: two-sided paired Wilcoxon signed-rank test on per-user {metric} (each user's value averaged "
+            f"over seeds) of {ref} against the method. Time: wall-clock seconds of the method's rules "
+            "(pretrain + finetune + evaluate for variants), mean over seeds.",
+        )
+    )
     log.info("summary:\n%s", shown.to_string(index=False))

@@ -1,10 +1,12 @@
-"""Building and encoding the examples of docs/method.md section 4.
+"""The prompts of docs/method.md section 4 as token ids, and the `encode` stage.
 
 An example is one sequence: prompt then main text, no inner padding. Entity tokens are
 placed by the builder as ids (`EntityVocab`); only free text and the constant template
 fragments go through the tokenizer, each fragment once, each text once per dataset.
 Examples are stored flat (ids + offsets) so a whole dataset is a few numpy arrays that
-round-trip through an `.npz` file (no pickle).
+round-trip through an `.npz` file (no pickle). The `encode` rule tokenizes the content
+examples once per dataset (`encode_content`); the collaborative, fine-tuning and evaluation
+prompts are built by the training and evaluation stages from the train items.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import numpy as np
 import pandas as pd
 from transformers import PreTrainedTokenizerBase
 
-from .tokenization import EntityVocab, tokenize_texts
+from .model import TinySettings, backbone_geometry
+from .tokenization import EntityVocab, backbone_tokenizer, tokenize_texts
 
 KIND_NAMES: tuple[str, ...] = (
     "review",
@@ -94,13 +97,32 @@ class Examples:
         )
 
     @classmethod
-    def load(cls, path: str | Path) -> "Examples":
+    def load(cls, path: str | Path) -> Examples:
         """Read what `save` wrote."""
         with np.load(path, allow_pickle=False) as z:
             return cls(**{k: z[k] for k in z.files})
 
+    def subset(self, rows: np.ndarray) -> Examples:
+        """The examples at positions `rows`, in that order."""
+        parts = []
+        for n in rows:
+            s, e = self.offsets[n], self.offsets[n + 1]
+            si, ei = self.item_offsets[n], self.item_offsets[n + 1]
+            parts.append((self.ids[s:e], self.items[si:ei]))
+        lens = np.array([len(p[0]) for p in parts], dtype=np.int64)
+        ilens = np.array([len(p[1]) for p in parts], dtype=np.int64)
+        return Examples(
+            ids=np.concatenate([p[0] for p in parts]) if parts else self.ids[:0],
+            offsets=np.concatenate([[0], np.cumsum(lens)]).astype(np.int64),
+            prompt_len=self.prompt_len[rows],
+            kind=self.kind[rows],
+            uid=self.uid[rows],
+            items=np.concatenate([p[1] for p in parts]) if parts else self.items[:0],
+            item_offsets=np.concatenate([[0], np.cumsum(ilens)]).astype(np.int64),
+        )
+
     @classmethod
-    def concat(cls, parts: Sequence["Examples"]) -> "Examples":
+    def concat(cls, parts: Sequence[Examples]) -> Examples:
         """Join example sets (e.g. text kinds and second-order prompts)."""
         parts = [p for p in parts if len(p)]
         if not parts:
@@ -186,24 +208,17 @@ def _keep_subset(n: int, n_keep: int, rng: np.random.Generator) -> np.ndarray:
     return np.sort(rng.choice(n, size=max(n_keep, 0), replace=False))
 
 
-def train_items_by_user(interactions: pd.DataFrame, n_users: int) -> list[np.ndarray]:
-    """Each user's train items, ascending id (empty arrays for users without any)."""
-    tr = interactions.loc[interactions["split"] == "train", ["uid", "iid"]].to_numpy(np.int64)
-    tr = tr[np.lexsort((tr[:, 1], tr[:, 0]))]
-    cuts = np.searchsorted(tr[:, 0], np.arange(n_users + 1))
-    return [tr[cuts[u] : cuts[u + 1], 1] for u in range(n_users)]
-
-
-def _clean_field(v: object) -> str | None:
+def _field_text(v: object) -> str | None:
+    """A processed text field as prompt text: the processed tables hold text cleaned by
+    `text.clean_text` (preprocess), so only a list field (categories) needs joining, its
+    entries by ", "; a missing or empty field gives None (no prompt)."""
     if v is None:
         return None
-    if not isinstance(v, (str, list, tuple, np.ndarray)):
-        return None if pd.isna(v) else (str(v).strip() or None)
-    if isinstance(v, str):
-        s = v.strip()
-    else:
-        s = ", ".join(str(x).strip() for x in list(v) if x is not None and str(x).strip())
-    return s or None
+    if isinstance(v, (list, tuple, np.ndarray)):
+        v = ", ".join(str(x) for x in v)
+    elif not isinstance(v, str):
+        return None if pd.isna(v) else (str(v) or None)
+    return v or None
 
 
 def build_content_examples(
@@ -224,7 +239,7 @@ def build_content_examples(
     b = _Builder()
 
     rev = interactions.loc[(interactions["split"] == "train"), ["uid", "iid", "review_text"]]
-    texts = rev["review_text"].map(_clean_field)
+    texts = rev["review_text"].map(_field_text)
     rev = rev.loc[texts.notna()].assign(review_text=texts[texts.notna()]).sort_values(["uid", "iid"], kind="stable")
     mains = tokenize_texts(tokenizer, [" " + t for t in rev["review_text"]])
     f_wrote, f_colon = frag(" wrote the following review for"), frag(":")
@@ -238,7 +253,7 @@ def build_content_examples(
     for field, tail, head in _ITEM_FIELDS:
         if field not in it.columns:
             continue
-        vals = it[field].map(_clean_field)
+        vals = it[field].map(_field_text)
         keep = vals.notna().to_numpy()
         iids = it["iid"].to_numpy()[keep]
         mains = tokenize_texts(tokenizer, [" " + t for t in vals[keep]])
@@ -271,6 +286,23 @@ def build_content_examples(
             _check_fits(plen, max_len, "second-order prompt")
             b.add(prompt, main[: max_len - plen], KIND["so_" + kind], -1)
     return b.finish()
+
+
+def encode_content(
+    items: pd.DataFrame,
+    interactions: pd.DataFrame,
+    second_order: pd.DataFrame,
+    tokenizer_dir: str | Path | None,
+    backbone: str,
+    tiny: TinySettings,
+    max_length: int | None,
+    seed: int,
+) -> Examples:
+    """All content examples of a dataset, tokenized once (the `encode` rule caches them)."""
+    tokenizer = backbone_tokenizer(backbone, tokenizer_dir)
+    vocab, max_len = backbone_geometry(backbone, tiny, tokenizer, max_length)
+    ev = EntityVocab(vocab, int(interactions["uid"].max()) + 1, len(items))
+    return build_content_examples(items, interactions, second_order, tokenizer, ev, max_len, seed)
 
 
 def build_collab_examples(

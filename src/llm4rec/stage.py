@@ -1,0 +1,162 @@
+"""What the training and evaluation stages share: a run's typed settings, its paths, the
+command line, and what every stage starts from (accelerator, processed data, relation index,
+tokenizer).
+
+A run is one variant and one seed (`results/{dataset}/{variant}-s{seed}/`). Its rules pass
+every setting as one JSON object (`run_settings` in workflow/rules/common.smk); a stage reads
+it once into `RunSettings` and hands the typed blocks on. The checkpoint fingerprint hashes
+the raw object, not the dataclasses, so the defaults filled in here never change it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .graph import RelationIndex
+from .model import ModelSettings
+from .preprocess import Processed, load_processed
+from .tokenization import backbone_tokenizer
+
+log = logging.getLogger("llm4rec.stage")
+
+
+@dataclass(frozen=True)
+class PretrainSettings:
+    """The `pretrain` block (docs/method.md 6.2)."""
+
+    content_epochs: int
+    collab_epochs: int
+    content_every: int  # a content epoch after every N-th collaborative one (0: never)
+    lr: float
+    batch_content: int
+    batch_collab: int
+    weight_decay: float = 0.0  # > 0: AdamW's decoupled decay instead of Adam
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """The `finetune` block (docs/method.md 6.3)."""
+
+    epochs: int
+    lr: float
+    batch_size: int
+    patience: int
+    hide_frac: float = 0.2
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    lr_decay: str = "constant"  # or "cosine"
+
+
+@dataclass(frozen=True)
+class EvaluateSettings:
+    """The `evaluate` block (docs/method.md 7.4)."""
+
+    batch_size: int
+    top_k: int
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Every setting a run's stages read, as the rules pass them."""
+
+    seed: int
+    data_seed: int
+    model: ModelSettings
+    pretrain: PretrainSettings
+    finetune: FinetuneSettings
+    evaluate: EvaluateSettings
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RunSettings:
+        return cls(
+            seed=int(d["seed"]),
+            data_seed=int(d["data_seed"]),
+            model=ModelSettings.from_dict(d["model"]),
+            pretrain=PretrainSettings(**d["pretrain"]),
+            finetune=FinetuneSettings(**d["finetune"]),
+            evaluate=EvaluateSettings(**d["evaluate"]),
+        )
+
+
+@dataclass
+class StagePaths:
+    processed: Path
+    graph: Path | None
+    tokenizer: Path | None
+    out: Path
+    ckpt: Path
+    content: Path | None = None  # encoded content examples
+    pretrained: Path | None = None  # pretrain output (fine-tuning)
+    finetuned: Path | None = None  # finetune output (evaluation)
+
+
+def make_accelerator(seed: int, threads: int | None = None):
+    """An `Accelerator` on the GPUs when visible, else on CPU (one or several processes)."""
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+    from accelerate.utils import set_seed
+
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    acc = Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp])
+    if threads:
+        # The job's threads are shared by its processes (oversubscribed CPUs run ~10x slower).
+        torch.set_num_threads(max(1, int(threads) // acc.num_processes))
+    set_seed(seed)
+    log.info(
+        "accelerate: %s processes of type %s (process %d), device %s, mixed precision %s",
+        acc.num_processes,
+        acc.distributed_type,
+        acc.process_index,
+        acc.device,
+        acc.mixed_precision,
+    )
+    return acc
+
+
+def load_index(settings: ModelSettings, graph_dir: str | Path | None) -> RelationIndex | None:
+    """The relation index, unless the variant uses no bias at all."""
+    if settings.edge_bias == "none" or graph_dir is None:
+        return None
+    return RelationIndex.load(graph_dir)
+
+
+def start(paths: StagePaths, settings: RunSettings, threads: int | None):
+    """What every stage starts from: accelerator, processed data, relation index, tokenizer."""
+    m = settings.model
+    acc = make_accelerator(settings.seed, threads)
+    data: Processed = load_processed(paths.processed)
+    return acc, data, load_index(m, paths.graph), backbone_tokenizer(m.backbone, paths.tokenizer)
+
+
+def parse_args(
+    prog: str, stages: Mapping[str, Mapping[str, Mapping[str, Any]]], argv: Sequence[str] | None = None
+) -> argparse.Namespace:
+    """`python -m llm4rec.<prog> STAGE --processed ... --settings JSON ...`: the options every
+    stage takes plus each stage's own (`stages[name]`: option -> `add_argument` keywords).
+
+    `--settings` stays the parsed JSON object (the fingerprint hashes it); `--tokenizer none`
+    means no tokenizer (a pre-trained backbone brings its own).
+    """
+    ap = argparse.ArgumentParser(prog=f"python -m llm4rec.{prog}")
+    sub = ap.add_subparsers(dest="stage", required=True)
+    for name, extra in stages.items():
+        sp = sub.add_parser(name)
+        sp.add_argument("--processed", type=Path, required=True)
+        sp.add_argument("--graph", type=Path, required=True)
+        sp.add_argument("--tokenizer", default="none")
+        sp.add_argument("--settings", type=json.loads, required=True)
+        sp.add_argument("--version", required=True)
+        sp.add_argument("--threads", type=int, default=None)
+        for option, kw in extra.items():
+            sp.add_argument(option, **kw)
+    args = ap.parse_args(argv)
+    args.tokenizer = None if args.tokenizer == "none" else Path(args.tokenizer)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args

@@ -1,0 +1,46 @@
+"""Behaviour pinned across refactors: the demo's test metrics equal values recorded before
+(tests/data/pinned_demo_metrics.json), for the default config and for configs/ci.yaml.
+
+The values were recorded on a clean clone of commit 6f9a3d8 (before the module layout of
+issue 12) with `snakemake --cores 2` (default config) and
+`snakemake results/demo/full-s0/metrics.json --cores 1 --configfile configs/ci.yaml` (the
+runs of the `demo_run` and `ci_base` fixtures, reused here: no extra workflow run). A change
+that moves a number on purpose re-records the file and says why in its commit.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import CI_RUN
+
+PINNED = json.loads((Path(__file__).parent / "data" / "pinned_demo_metrics.json").read_text())
+
+
+def _assert_same(got: dict, want: dict, where: str) -> None:
+    assert got.keys() == want.keys(), where
+    for k, v in want.items():
+        if isinstance(v, float):
+            assert got[k] == pytest.approx(v, rel=0, abs=1e-6), f"{where}: {k}"
+        else:
+            assert got[k] == v, f"{where}: {k}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run", sorted(PINNED["default"]))
+def test_default_demo_metrics_are_pinned(demo_run, run):
+    got = json.loads((demo_run / run / "metrics.json").read_text())
+    want = PINNED["default"][run]
+    _assert_same(got["test"], want["test"], run)
+    assert got.get("epoch") == want.get("epoch"), run
+
+
+@pytest.mark.slow
+def test_ci_demo_metrics_are_pinned(ci_base):
+    run = CI_RUN
+    got = json.loads((ci_base / run / "metrics.json").read_text())
+    want = PINNED["ci"][run]
+    _assert_same(got["test"], want["test"], run)
+    assert got["epoch"] == want["epoch"]
