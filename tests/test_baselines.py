@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -244,3 +246,13 @@ def test_multivae_eval_every_keeps_the_trajectory_and_counts_patience_in_epochs(
         assert res.epochs_run == seen[-1] + 1 and res.best_epoch == best_e
         stops.append(res.epochs_run)
     assert min(stops) < 11  # this seed does stop early
+
+
+def test_library_ease_grid_is_the_config_default():
+    """The workflow passes config.yaml's grid; the library's default for direct use is the same."""
+    import yaml
+
+    from llm4rec.baselines import EASE_LAMBDAS
+
+    config = yaml.safe_load((Path(__file__).parents[1] / "config.yaml").read_text())
+    assert tuple(float(x) for x in config["baselines"]["ease"]["lambdas"]) == EASE_LAMBDAS

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from llm4rec.baselines import ItemKNN, Popularity, fit_ease_grid, train_multivae
+from llm4rec.baselines import EASE_LAMBDAS, ItemKNN, Popularity, fit_ease_grid, train_multivae
 from llm4rec.metrics import METRICS, RankingEvaluator
 from llm4rec.preprocess import load_processed
 
@@ -73,7 +73,7 @@ def run_baseline(
         model, grid = fit_ease_grid(
             train,
             val,
-            lambdas=s.get("lambdas", (1, 10, 100, 500, 1000, 3000)),
+            lambdas=s.get("lambdas", EASE_LAMBDAS),
             max_memory_gb=s.get("max_memory_gb", 8.0),
             batch_size=batch_size,
         )
