@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from llm4rec.baselines import EASE_LAMBDAS, ItemKNN, Popularity, fit_ease_grid, train_multivae
-from llm4rec.metrics import METRICS, RankingEvaluator
+from llm4rec.metrics import METRICS, RankingEvaluator, selection_score
 from llm4rec.preprocess import load_processed
 
 __all__ = ["BASELINES", "BaselineRun", "load_splits", "run_baseline", "write_baseline_run"]
@@ -106,7 +106,7 @@ def run_baseline(
         val_res = RankingEvaluator(train, val, batch_size=batch_size).evaluate(model.score)
         val_metrics = _val_metrics(val_res.metrics)
         log.info("%s: fit and validation in %.1f s: %s", name, time.perf_counter() - t0, val_metrics)
-        history = pd.DataFrame([{**val_metrics, "selection": sum(val_metrics.values())}])
+        history = pd.DataFrame([{**val_metrics, "selection": selection_score(val_metrics)}])
         extra = {"k_neighbors": s.get("k_neighbors")} if name == "itemknn" else {}
         score_fn = model.score
     t1 = time.perf_counter()
