@@ -18,7 +18,7 @@ from llm4rec.encoding import (
 )
 from llm4rec.graph import RelationIndex, relation_lut
 from llm4rec.model import MASK_MIN
-from llm4rec.tokenization import EntityVocab, load_tokenizer, train_bpe_tokenizer
+from llm4rec.tokenization import EntityVocab
 
 
 class DenseRelation:
@@ -69,15 +69,6 @@ def triple_loop_bias(nodes: np.ndarray, index) -> np.ndarray:
 def make_index(request):
     """Each bias test runs on the test's dense oracle and on the real `RelationIndex`."""
     return DenseRelation if request.param == "dense_oracle" else RelationIndex
-
-
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tok")
-    corpus = ["These items have the same brand: Acme. They are all in the category: Home"] * 10
-    corpus += ["user wrote the following review for it: great; has interacted with, will interact with"] * 10
-    train_bpe_tokenizer(iter(corpus), d, vocab_size=300, min_frequency=1)
-    return load_tokenizer(d)
 
 
 def _so_example(tok, ev, item_ids, kind="brand", value="Acme", max_len=64):
