@@ -16,7 +16,14 @@ from llm4rec.encoding import (
     build_finetune_examples,
 )
 from llm4rec.preprocess import train_items_by_user
-from llm4rec.tokenization import EntityVocab, load_tokenizer, tokenize_texts, train_bpe_tokenizer
+from llm4rec.prompts import HAS_INTERACTED, TEMPLATE_TEXTS
+from llm4rec.tokenization import (
+    EntityVocab,
+    load_tokenizer,
+    tokenize_texts,
+    tokenizer_corpus,
+    train_bpe_tokenizer,
+)
 
 CORPUS = [
     "great product, works as described and arrived on time",
@@ -223,3 +230,24 @@ def test_truncation_keeps_template(tok):
     assert text.startswith("These items item_") and text.endswith(" have the same brand: Acme")
     ex2 = build_content_examples(pd.DataFrame({"iid": []}), inter.iloc[:0], so, tok, ev, max_len=24)
     np.testing.assert_array_equal(ex.ids, ex2.ids)
+
+
+def test_tokenizer_learns_the_template_words(tmp_path):
+    """A dataset whose only texts are category names (Amazon Beauty) still gets whole-word
+    template tokens: without the templates in the corpus " has interacted with" is spelled
+    letter by letter, and every fine-tuning prompt carries two such templates."""
+    items = pd.DataFrame(
+        {"iid": range(4), "categories": [["Skin Care", "Face"], ["Hair Care"], ["Skin Care"], ["Nails", "Tools"]]}
+    )
+    inter = pd.DataFrame(
+        {"uid": [0, 0, 1, 2], "iid": [0, 1, 2, 3], "split": ["train", "train", "train", "val"], "review_text": None}
+    )
+    corpus = tokenizer_corpus(items, inter)
+    with_templates = train_bpe_tokenizer(corpus, tmp_path / "with", vocab_size=2000)
+    for text in TEMPLATE_TEXTS:
+        words = text.replace(":", " :").split()
+        assert len(with_templates.tokenize(text)) == len(words), text
+    assert with_templates.tokenize(HAS_INTERACTED) == ["\u0120has", "\u0120interacted", "\u0120with"]
+    # The check can fail: the same texts without the templates spell the words out.
+    without = train_bpe_tokenizer([t for t in corpus if t not in TEMPLATE_TEXTS], tmp_path / "without", 2000)
+    assert len(without.tokenize(HAS_INTERACTED)) > 10

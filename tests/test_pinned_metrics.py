@@ -1,8 +1,9 @@
 """Behaviour pinned across refactors: the demo's test metrics equal values recorded before
 (tests/data/pinned_demo_metrics.json), for the default config and for configs/ci.yaml.
 
-The values were recorded on a clean clone of commit 6f9a3d8 (before the module layout of
-issue 12) with `snakemake --cores 2` (default config) and
+The values were recorded on a clean clone of the commit that made the `tiny` tokenizer learn
+the prompt templates' words (the numbers moved then) with `snakemake --cores 2` (default
+config) and
 `snakemake results/demo/full-s0/metrics.json --cores 1 --configfile configs/ci.yaml` (the
 runs of the `demo_run` and `ci_base` fixtures, reused here: no extra workflow run). A change
 that moves a number on purpose re-records the file and says why in its commit.

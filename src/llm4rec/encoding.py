@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from transformers import PreTrainedTokenizerBase
 
+from . import prompts
 from .model import TinySettings, backbone_geometry
 from .tokenization import EntityVocab, backbone_tokenizer, tokenize_texts
 
@@ -39,14 +40,6 @@ KIND: dict[str, int] = {name: k for k, name in enumerate(KIND_NAMES)}
 # `RelationIndex`; every other prompt holds one user and that user's own train items.
 GRAPH_KINDS: frozenset[int] = frozenset({KIND["so_brand"], KIND["so_category"]})
 CONTENT_KINDS: frozenset[int] = frozenset(KIND[k] for k in KIND_NAMES[:7])
-
-_ITEM_FIELDS = (
-    ("title", " is:", "The title of"),
-    ("brand", " is:", "The brand of"),
-    ("categories", " are:", "The categories of"),
-    ("description", " is:", "The description of"),
-)
-_SO_TAIL = {"brand": " have the same brand:", "category": " are all in the category:"}
 
 
 @dataclass
@@ -242,7 +235,7 @@ def build_content_examples(
     texts = rev["review_text"].map(_field_text)
     rev = rev.loc[texts.notna()].assign(review_text=texts[texts.notna()]).sort_values(["uid", "iid"], kind="stable")
     mains = tokenize_texts(tokenizer, [" " + t for t in rev["review_text"]])
-    f_wrote, f_colon = frag(" wrote the following review for"), frag(":")
+    f_wrote, f_colon = frag(prompts.REVIEW), frag(prompts.COLON)
     for u, i, main in zip(rev["uid"].to_numpy(), rev["iid"].to_numpy(), mains):
         prompt = [ev.user_ids([u]), f_wrote, ev.item_ids([i]), f_colon]
         plen = sum(len(p) for p in prompt)
@@ -250,7 +243,7 @@ def build_content_examples(
         b.add(prompt, main[: max_len - plen], KIND["review"], int(u))
 
     it = items.sort_values("iid", kind="stable")
-    for field, tail, head in _ITEM_FIELDS:
+    for field, tail, head in prompts.ITEM_FIELDS:
         if field not in it.columns:
             continue
         vals = it[field].map(_field_text)
@@ -266,10 +259,10 @@ def build_content_examples(
 
     if second_order is not None and len(second_order):
         mains = tokenize_texts(tokenizer, [" " + str(v) for v in second_order["value"]])
-        f_these, f_comma = frag("These items"), frag(",")
+        f_these, f_comma = frag(prompts.THESE_ITEMS), frag(prompts.COMMA)
         for row, (kind, iids, main) in enumerate(zip(second_order["kind"], second_order["item_ids"], mains)):
             iids = np.asarray(iids, dtype=np.int64)
-            f_tail = frag(_SO_TAIL[kind])
+            f_tail = frag(prompts.SECOND_ORDER_TAIL[kind])
             fixed = len(f_these) + len(f_tail)
             per_item = 1 + len(f_comma)
             avail = max_len - fixed - len(main)
@@ -315,7 +308,7 @@ def build_collab_examples(
     """One collaborative example per user with train items: prompt `user_u has interacted
     with`, main = the train items ascending; over-long mains drop seeded-random items."""
     frag = _Fragments(tokenizer)
-    f_has = frag(" has interacted with")
+    f_has = frag(prompts.HAS_INTERACTED)
     b = _Builder()
     plen = 1 + len(f_has)
     _check_fits(plen, max_len, "collaborative prompt")
@@ -340,7 +333,7 @@ def _user_prompt(
     rng: np.random.Generator,
     kind: int,
 ) -> None:
-    f_has, f_comma, f_will = frag(" has interacted with"), frag(","), frag(" will interact with")
+    f_has, f_comma, f_will = frag(prompts.HAS_INTERACTED), frag(prompts.COMMA), frag(prompts.WILL_INTERACT)
     fixed = 2 + len(f_has) + len(f_comma) + len(f_will)
     _check_fits(fixed, max_len + 1, "fine-tuning prompt")
     kept = kept[_keep_subset(len(kept), max_len - fixed, rng)]

@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from .prompts import TEMPLATE_TEXTS
+
 END_OF_TEXT = "<|endoftext|>"
 
 _ENTITY_RE = re.compile(r"^(user|item)_(\d+)$")
@@ -59,13 +61,22 @@ def train_bpe_tokenizer(
 
 
 def tokenizer_corpus(items: pd.DataFrame, interactions: pd.DataFrame) -> list[str]:
-    """Texts a from-scratch tokenizer learns from: train reviews and item fields only."""
+    """Texts a from-scratch tokenizer learns from: train reviews, item fields, and the
+    prompt templates' text (`prompts.TEMPLATE_TEXTS`).
+
+    The templates are what every prompt holds, so each is counted once per user and once
+    per item (as often as one pass over the prompts can hold it); the BPE then merges their
+    words into whole tokens whatever the dataset's texts, as a pre-trained backbone's
+    tokenizer has them. Nothing from validation or test enters.
+    """
     texts = interactions.loc[interactions["split"] == "train", "review_text"].dropna().tolist()
     for col in ("title", "brand", "description"):
         if col in items:
             texts += items[col].dropna().tolist()
     if "categories" in items:
         texts += [", ".join(c) for c in items["categories"] if c is not None and len(c)]
+    n_entities = int(interactions["uid"].nunique()) + len(items)
+    texts += [t for t in TEMPLATE_TEXTS for _ in range(n_entities)]
     return [str(t) for t in texts]
 
 
