@@ -19,6 +19,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedToken
 from .prompts import TEMPLATE_TEXTS
 
 END_OF_TEXT = "<|endoftext|>"
+TEMPLATE_REPEAT_CAP = 100_000
 
 _ENTITY_RE = re.compile(r"^(user|item)_(\d+)$")
 
@@ -65,9 +66,11 @@ def tokenizer_corpus(items: pd.DataFrame, interactions: pd.DataFrame) -> list[st
     prompt templates' text (`prompts.TEMPLATE_TEXTS`).
 
     The templates are what every prompt holds, so each is counted once per user and once
-    per item (as often as one pass over the prompts can hold it); the BPE then merges their
-    words into whole tokens whatever the dataset's texts, as a pre-trained backbone's
-    tokenizer has them. Nothing from validation or test enters.
+    per item (as often as one pass over the prompts can hold it), at most
+    `TEMPLATE_REPEAT_CAP` times (enough for any merge, and a bounded corpus on catalogs with
+    millions of users); the BPE then merges their words into whole tokens whatever the
+    dataset's texts, as a pre-trained backbone's tokenizer has them. Nothing from
+    validation or test enters.
     """
     texts = interactions.loc[interactions["split"] == "train", "review_text"].dropna().tolist()
     for col in ("title", "brand", "description"):
@@ -75,8 +78,8 @@ def tokenizer_corpus(items: pd.DataFrame, interactions: pd.DataFrame) -> list[st
             texts += items[col].dropna().tolist()
     if "categories" in items:
         texts += [", ".join(c) for c in items["categories"] if c is not None and len(c)]
-    n_entities = int(interactions["uid"].nunique()) + len(items)
-    texts += [t for t in TEMPLATE_TEXTS for _ in range(n_entities)]
+    n_repeat = min(int(interactions["uid"].nunique()) + len(items), TEMPLATE_REPEAT_CAP)
+    texts += [t for t in TEMPLATE_TEXTS for _ in range(n_repeat)]
     return [str(t) for t in texts]
 
 
