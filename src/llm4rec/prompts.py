@@ -3,7 +3,7 @@
 One home for the encoder, which builds the prompts, and for the tokenizer of the `tiny`
 backbone, which must learn these words: a tokenizer trained only on a dataset's reviews and
 item fields spells any template word those texts lack letter by letter (on Amazon Beauty,
-whose only texts are category names, " has interacted with" was 20 tokens).
+whose only texts are category names, " has interacted with" was 18 tokens).
 """
 
 from __future__ import annotations
