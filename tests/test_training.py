@@ -194,6 +194,23 @@ def test_moved_checkout_reruns_nothing(ci_copy):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("change", "planned"),
+    [
+        ("finetune: {lr: 0.002}", {"finetune": 1, "evaluate": 1}),
+        ("evaluate: {batch_size: 64}", {"finetune": 1, "evaluate": 1}),
+        ("pretrain: {lr: 0.002}", {"pretrain": 1, "finetune": 1, "evaluate": 1}),
+    ],
+)
+def test_a_changed_setting_reruns_its_stage_and_those_after(ci_copy, change, planned):
+    """A stage's rerun trigger holds only the settings it reads: tuning fine-tuning keeps the
+    pre-trained model (fine-tuning validates with the `evaluate` batch size, so that reruns it)."""
+    (ci_copy / "change.yaml").write_text(change + "\n")
+    proc = snakemake(ci_copy, f"{CI_RUN}/metrics.json", "-n", *CI_CONFIG, "change.yaml")
+    assert planned_jobs(proc) == planned
+
+
+@pytest.mark.slow
 def test_resume_after_kill_equals_uninterrupted_run(ci_copy):
     work = ci_copy
     reference = json.loads((work / CI_RUN / "metrics.json").read_text())

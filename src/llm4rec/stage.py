@@ -3,8 +3,9 @@ command line, and what every stage starts from (accelerator, processed data, rel
 tokenizer).
 
 A run is one variant and one seed (`results/{dataset}/{variant}-s{seed}/`). Its rules pass
-every setting as one JSON object (`run_settings` in workflow/rules/common.smk); a stage reads
-it once into `RunSettings` and hands the typed blocks on. The checkpoint fingerprint hashes
+the settings a stage reads as one JSON object (`run_settings` in workflow/rules/common.smk:
+the seeds, `model`, and the stage's own blocks, so that fine-tuning settings do not rerun
+pre-training); a stage reads it once into `RunSettings` and hands the typed blocks on. The checkpoint fingerprint hashes
 the raw object, not the dataclasses, so the defaults filled in here never change it.
 """
 
@@ -65,24 +66,29 @@ class EvaluateSettings:
 
 @dataclass(frozen=True)
 class RunSettings:
-    """Every setting a run's stages read, as the rules pass them."""
+    """The settings of a run's stages, as the rules pass them: a block a stage does not read
+    (pre-training's `finetune` and `evaluate`, evaluation's `pretrain` and `finetune`) may be
+    absent (None)."""
 
     seed: int
     data_seed: int
     model: ModelSettings
-    pretrain: PretrainSettings
-    finetune: FinetuneSettings
-    evaluate: EvaluateSettings
+    pretrain: PretrainSettings | None = None
+    finetune: FinetuneSettings | None = None
+    evaluate: EvaluateSettings | None = None
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RunSettings:
+        def block(kind: type, key: str) -> Any:
+            return kind(**d[key]) if key in d else None
+
         return cls(
             seed=int(d["seed"]),
             data_seed=int(d["data_seed"]),
             model=ModelSettings.from_dict(d["model"]),
-            pretrain=PretrainSettings(**d["pretrain"]),
-            finetune=FinetuneSettings(**d["finetune"]),
-            evaluate=EvaluateSettings(**d["evaluate"]),
+            pretrain=block(PretrainSettings, "pretrain"),
+            finetune=block(FinetuneSettings, "finetune"),
+            evaluate=block(EvaluateSettings, "evaluate"),
         )
 
 

@@ -64,19 +64,30 @@ def model_settings(variant):
     return {**config["model"], **VARIANTS[variant]}
 
 
-def run_settings(wildcards):
-    """Every setting a training or evaluation job reads, as one JSON string (a rerun trigger)."""
-    return json.dumps(
-        {
-            "seed": int(wildcards.seed),
-            "model": model_settings(wildcards.variant),
-            "pretrain": config["pretrain"],
-            "finetune": config["finetune"],
-            "evaluate": config["evaluate"],
-            "data_seed": config["data_seed"],
-        },
-        sort_keys=True,
-    )
+# The setting blocks each training or evaluation stage reads (besides the seeds and `model`).
+STAGE_BLOCKS = {
+    "pretrain": ["pretrain"],
+    "finetune": ["finetune", "evaluate"],
+    "evaluate": ["evaluate"],
+}
+
+
+def run_settings(stage):
+    """The settings `stage` reads, as one JSON string: its rerun trigger, so that a changed
+    fine-tuning setting reruns fine-tuning and evaluation, not pre-training."""
+
+    def settings(wildcards):
+        return json.dumps(
+            {
+                "seed": int(wildcards.seed),
+                "model": model_settings(wildcards.variant),
+                "data_seed": config["data_seed"],
+                **{block: config[block] for block in STAGE_BLOCKS[stage]},
+            },
+            sort_keys=True,
+        )
+
+    return settings
 
 
 def tokenizer_input(wildcards):

@@ -80,7 +80,7 @@ rule pretrain:
         stage="pretrain",
         paths=lambda wc, input, output: ["--content", input.content, "--out", output[0], "--ckpt", f"{output[0]}.ckpt"],
         processed=lambda wc, input: os.path.dirname(input.processed),
-        settings=run_settings,
+        settings=run_settings("pretrain"),
         version=VERSION,
         tokenizer=lambda wc, input: input.tokenizer or "none",
         cpu_processes=config["launch"]["num_processes"],
@@ -102,6 +102,7 @@ use rule pretrain as finetune with:
         "benchmarks/{dataset}/{variant}-s{seed}/finetune.tsv"
     params:
         stage="finetune",
+        settings=run_settings("finetune"),
         paths=lambda wc, input, output: [
             "--pretrained",
             input.pretrained,
@@ -129,6 +130,7 @@ use rule pretrain as evaluate with:
     params:
         module="llm4rec.evaluation",
         stage="evaluate",
+        settings=run_settings("evaluate"),
         paths=lambda wc, input, output: [
             "--finetuned",
             input.finetuned,
