@@ -4,9 +4,10 @@ tokenizer).
 
 A run is one variant and one seed (`results/{dataset}/{variant}-s{seed}/`). Its rules pass
 the settings a stage reads as one JSON object (`run_settings` in workflow/rules/common.smk:
-the seeds, `model`, and the stage's own blocks, so that fine-tuning settings do not rerun
-pre-training); a stage reads it once into `RunSettings` and hands the typed blocks on. The checkpoint fingerprint hashes
-the raw object, not the dataclasses, so the defaults filled in here never change it.
+the seeds, `model` and the stage's own blocks, so that a fine-tuning setting does not rerun
+pre-training); a stage reads it once into `RunSettings` and hands the typed blocks on. The
+checkpoint fingerprint hashes the raw object, not the dataclasses, so the defaults filled in
+here never change it.
 """
 
 from __future__ import annotations
