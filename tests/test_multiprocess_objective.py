@@ -153,6 +153,9 @@ def main() -> None:
             (args.out / "processes.txt").write_text(f"{state.num_processes} {state.distributed_type.value}")
             for step, g in grads.items():
                 save_file({k: v.contiguous() for k, v in g.items()}, str(args.out / f"{variant}-{step}.safetensors"))
+    # As the stages do (`end_training`): a gloo group left to interpreter exit once aborted a
+    # worker ("terminate called without an active exception") after its work was done.
+    PartialState().destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -6,7 +6,10 @@ the prompt templates' words (the numbers moved then) with `snakemake --cores 2` 
 config) and
 `snakemake results/demo/full-s0/metrics.json --cores 1 --configfile configs/ci.yaml` (the
 runs of the `demo_run` and `ci_base` fixtures, reused here: no extra workflow run). A change
-that moves a number on purpose re-records the file and says why in its commit.
+that moves a number on purpose re-records the file and says why in its commit. The default
+config's trained model is pinned per CPU kind (AVX2, AVX512): its long schedule amplifies the
+floating-point differences between vector widths; the baselines and the short CI schedule
+give the same numbers on both.
 """
 
 from __future__ import annotations
@@ -15,9 +18,22 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import CI_RUN
 
 PINNED = json.loads((Path(__file__).parent / "data" / "pinned_demo_metrics.json").read_text())
+
+
+def pinned_for_this_cpu(want: dict, where: str) -> dict:
+    """A pin recorded per CPU kind (`by_cpu`, keyed by torch's CPU capability) is the one of
+    this machine's kind: a wider vector unit orders floating-point sums differently, and over
+    a long training that moves the demo's metrics. A kind without a recorded pin is skipped."""
+    if "by_cpu" not in want:
+        return want
+    cpu = torch.backends.cpu.get_cpu_capability()
+    if cpu not in want["by_cpu"]:
+        pytest.skip(f"{where}: no pin recorded for CPU capability {cpu} (have {sorted(want['by_cpu'])})")
+    return want["by_cpu"][cpu]
 
 
 def _assert_same(got: dict, want: dict, where: str) -> None:
@@ -33,7 +49,7 @@ def _assert_same(got: dict, want: dict, where: str) -> None:
 @pytest.mark.parametrize("run", sorted(PINNED["default"]))
 def test_default_demo_metrics_are_pinned(demo_run, run):
     got = json.loads((demo_run / run / "metrics.json").read_text())
-    want = PINNED["default"][run]
+    want = pinned_for_this_cpu(PINNED["default"][run], run)
     _assert_same(got["test"], want["test"], run)
     assert got.get("epoch") == want.get("epoch"), run
 
