@@ -7,7 +7,7 @@ config) and
 `snakemake results/demo/full-s0/metrics.json --cores 1 --configfile configs/ci.yaml` (the
 runs of the `demo_run` and `ci_base` fixtures, reused here: no extra workflow run). A change
 that moves a number on purpose re-records the file and says why in its commit. The default
-config's trained model is pinned per CPU kind (AVX2, AVX512): its long schedule amplifies the
+config's trained model is pinned per CPU kind (vector width and vendor): its long schedule amplifies the
 floating-point differences between vector widths; the baselines and the short CI schedule
 give the same numbers on both.
 """
@@ -15,6 +15,7 @@ give the same numbers on both.
 from __future__ import annotations
 
 import json
+import platform
 from pathlib import Path
 
 import pytest
@@ -24,13 +25,21 @@ from conftest import CI_RUN
 PINNED = json.loads((Path(__file__).parent / "data" / "pinned_demo_metrics.json").read_text())
 
 
+def cpu_kind() -> str:
+    """torch's CPU capability and the CPU vendor (the math libraries choose kernels by both)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    vendor = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("vendor_id")), platform.machine())
+    return f"{torch.backends.cpu.get_cpu_capability()} {vendor}"
+
+
 def pinned_for_this_cpu(want: dict, where: str) -> dict:
-    """A pin recorded per CPU kind (`by_cpu`, keyed by torch's CPU capability) is the one of
-    this machine's kind: a wider vector unit orders floating-point sums differently, and over
-    a long training that moves the demo's metrics. A kind without a recorded pin is skipped."""
+    """A pin recorded per CPU kind (`by_cpu`, keyed by `cpu_kind()`) is the one of this
+    machine's kind: another vector width orders floating-point sums differently, and over a
+    long training that moves the demo's metrics. A kind without a recorded pin is skipped."""
     if "by_cpu" not in want:
         return want
-    cpu = torch.backends.cpu.get_cpu_capability()
+    cpu = cpu_kind()
     if cpu not in want["by_cpu"]:
         pytest.skip(f"{where}: no pin recorded for CPU capability {cpu} (have {sorted(want['by_cpu'])})")
     return want["by_cpu"][cpu]
