@@ -7,9 +7,9 @@ config) and
 `snakemake results/demo/full-s0/metrics.json --cores 1 --configfile configs/ci.yaml` (the
 runs of the `demo_run` and `ci_base` fixtures, reused here: no extra workflow run). A change
 that moves a number on purpose re-records the file and says why in its commit. The default
-config's trained model is pinned per CPU kind (vector width and vendor): its long schedule amplifies the
-floating-point differences between vector widths; the baselines and the short CI schedule
-give the same numbers on both.
+config's trained model is pinned per CPU kind (vector width and vendor): its long schedule
+amplifies the floating-point differences between kinds; the baselines and the short CI
+schedule give the same numbers on both kinds seen.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def pinned_for_this_cpu(want: dict, where: str) -> dict:
         return want
     cpu = cpu_kind()
     if cpu not in want["by_cpu"]:
-        pytest.skip(f"{where}: no pin recorded for CPU capability {cpu} (have {sorted(want['by_cpu'])})")
+        pytest.skip(f"{where}: no pin recorded for CPU kind {cpu!r} (have {sorted(want['by_cpu'])})")
     return want["by_cpu"][cpu]
 
 
