@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -192,3 +193,171 @@ def test_empty_tables_are_read_as_empty(tmp_path):
     (tmp_path / "none.csv").write_text("user_id,item_id,rating\n")
     with pytest.raises(ConvertError, match="no usable review row"):
         import_local(tmp_path / "none.csv", tmp_path / "items.csv", tmp_path / "interim")
+
+
+# --- timestamps (issue 24, item 1) -------------------------------------------------------
+
+
+def _timed_reviews(n_users: int = 40, per_user: int = 8, seed: int = 3) -> pd.DataFrame:
+    """Reviews whose file order is not their time order, so the split depends on the times."""
+    rng = np.random.default_rng(seed)
+    rows = [(f"u{u}", f"i{rng.integers(12)}", 5.0) for u in range(n_users) for _ in range(per_user)]
+    df = pd.DataFrame(rows, columns=["user_id", "item_id", "rating"])
+    df["timestamp"] = 1_500_000_000 + rng.permutation(len(df)) * 3600
+    return df
+
+
+def _split_of(out: Path, items: Path, reviews: Path) -> pd.DataFrame:
+    import_local(reviews, items, out)
+    got, meta = _interim(out)
+    result = preprocess(got, meta, PreprocessSettings(user_core=3, item_core=1))
+    users, items_out = result["users"], result["items"]
+    inter = result["interactions"]
+    return pd.DataFrame(
+        {
+            "user": users["user_id"].to_numpy()[inter["uid"]],
+            "item": items_out["item_id"].to_numpy()[inter["iid"]],
+            "timestamp": inter["timestamp"],
+            "split": inter["split"].astype(str),
+        }
+    )
+
+
+@pytest.mark.parametrize("form", ["csv", "jsonl", "parquet"])
+def test_iso_timestamps_give_the_split_of_unix_seconds(tmp_path, form):
+    """ISO-8601 text (Z, an offset, none) and parquet timestamps mean the same seconds as integers."""
+    reviews = _timed_reviews()
+    items = tmp_path / "items.csv"
+    items.write_text("item_id,title\n" + "".join(f"i{k},t{k}\n" for k in range(12)))
+    reviews.to_csv(tmp_path / "seconds.csv", index=False)
+    expected = _split_of(tmp_path / "a", items, tmp_path / "seconds.csv")
+    times = pd.to_datetime(reviews["timestamp"], unit="s", utc=True)
+    text = times.dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    text[::3] = times[::3].dt.tz_convert("Europe/Paris").map(lambda t: t.isoformat())  # +01:00 / +02:00
+    text[1::3] = times[1::3].dt.strftime("%Y-%m-%d %H:%M:%S")  # no offset: UTC
+    iso = reviews.assign(timestamp=text)
+    path = tmp_path / f"iso.{form}"
+    if form == "csv":
+        iso.to_csv(path, index=False)
+    elif form == "jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in iso.to_dict("records")))
+    else:
+        reviews.assign(timestamp=times).to_parquet(path)
+    got = _split_of(tmp_path / "b", items, path)
+    assert got["timestamp"].notna().all()
+    pd.testing.assert_frame_equal(got, expected)
+
+
+@pytest.mark.parametrize(
+    ("form", "value", "shown"),
+    [
+        ("csv", "1600000000.5", "1600000000.5 is not a whole number of seconds"),
+        ("csv", "1e30", "is not unix seconds of a year 1-9999"),
+        ("csv", "Infinity", "timestamp is not a time: "),
+        ("csv", "13/09/2020", "'13/09/2020'"),
+        ("csv", "1600000000000", "1600000000000 is not unix seconds of a year 1-9999 (milliseconds?"),
+        ("csv", "2020-09-13T12:26:41.25Z", "'2020-09-13T12:26:41.25Z' is not a whole number of seconds"),
+        ("jsonl", "1e30", "is not unix seconds of a year 1-9999"),
+        ("jsonl", "Infinity", "timestamp is not a time: inf"),
+        ("jsonl", "1600000000.5", "1600000000.5 is not a whole number of seconds"),
+        ("jsonl", "true", "timestamp is not a time: True"),
+    ],
+)
+def test_a_timestamp_that_is_no_time_is_set_aside_with_line_and_value(tmp_path, form, value, shown):
+    n = 200
+    rows = [
+        {"user_id": f"u{k % 20}", "item_id": f"i{k % 7}", "rating": 5, "timestamp": 1_600_000_000 + k} for k in range(n)
+    ]
+    path = tmp_path / f"reviews.{form}"
+    if form == "csv":
+        lines = ["user_id,item_id,rating,timestamp"] + [
+            f"{r['user_id']},{r['item_id']},5,{r['timestamp']}" for r in rows
+        ]
+        lines[42] = f"u1,i1,5,{value}"
+        path.write_text("\n".join(lines) + "\n")
+    else:
+        lines = [json.dumps(r) for r in rows]
+        lines[41] = f'{{"user_id": "u1", "item_id": "i1", "rating": 5, "timestamp": {value}}}'
+        path.write_text("\n".join(lines) + "\n")
+    (tmp_path / "items.csv").write_text("item_id\ni1\n")
+    out = tmp_path / "interim"
+    report = import_local(path, tmp_path / "items.csv", out, max_reject_frac=0.01)
+    assert report["reviews"]["rejected"] == 1 and report["reasons"] == {"timestamp is not a time": 1}
+    (reject,) = [json.loads(x) for x in (out / "rejects.jsonl").read_text().splitlines()]
+    assert reject["line"] == 42 and reject["file"] == "reviews"
+    assert reject["reason"].startswith("timestamp is not a time: ") and shown in reject["reason"]
+    got = pd.read_parquet(out / "reviews.parquet")
+    assert len(got) == n - 1 and got["timestamp"].notna().all()
+
+
+def test_timestamps_that_are_all_unreadable_stop_the_import_naming_file_line_and_value(tmp_path):
+    reviews = tmp_path / "reviews.csv"
+    reviews.write_text("user_id,item_id,rating,timestamp\na,x,5,09 13 2020\nb,x,5,09 14 2020\n")
+    (tmp_path / "items.csv").write_text("item_id\nx\n")
+    with pytest.raises(ConvertError) as info:
+        import_local(reviews, tmp_path / "items.csv", tmp_path / "interim")
+    message = str(info.value)
+    assert str(reviews) in message and "2 of 2 rows rejected" in message
+    assert "line 1: timestamp is not a time: '09 13 2020'" in message
+
+
+# --- damaged or unusual tables (issue 24, item 6) ----------------------------------------
+
+
+@pytest.mark.parametrize("name", ["reviews.jsonl.gz", "reviews.csv.gz"])
+def test_truncated_gzip_is_named_with_its_file(tmp_path, name):
+    rows = [{"user_id": f"u{k}", "item_id": "i", "rating": 5} for k in range(3000)]
+    if name.endswith(".jsonl.gz"):
+        text = "".join(json.dumps(r) + "\n" for r in rows)
+    else:
+        text = "user_id,item_id,rating\n" + "".join(f"u{k},i,5\n" for k in range(3000))
+    data = gzip.compress(text.encode(), mtime=0)
+    path = tmp_path / name
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SchemaError) as info:
+        read_table(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: the gzip data ends early or is damaged") and "copy it again" in message
+    if name.endswith(".jsonl.gz"):
+        assert re.search(r"after line \d+", message)
+
+
+def test_plain_csv_named_gz_is_read_by_content(tmp_path):
+    path = tmp_path / "reviews.csv.gz"
+    path.write_text("user_id,item_id,rating\n007,x,5\n")
+    assert read_table(path)["user_id"].tolist() == ["007"]
+
+
+@pytest.mark.parametrize("form", ["csv", "jsonl"])
+def test_categories_written_as_a_number_are_one_category(tmp_path, form):
+    (tmp_path / "reviews.csv").write_text("user_id,item_id,rating\nu,a,5\nu,b,5\n")
+    items = tmp_path / f"items.{form}"
+    if form == "csv":
+        items.write_text("item_id,title,categories\na,1984,5\nb,x,\n")
+    else:
+        items.write_text('{"item_id": "a", "title": 1984, "categories": 5}\n{"item_id": "b", "categories": null}\n')
+    import_local(tmp_path / "reviews.csv", items, tmp_path / "interim")
+    meta = pd.read_parquet(tmp_path / "interim" / "items.parquet")
+    assert [list(c) for c in meta["categories"]] == [["5"], []]
+    assert meta["title"].tolist()[0] == "1984"
+
+
+def test_categories_of_another_kind_set_the_item_row_aside(tmp_path):
+    (tmp_path / "reviews.csv").write_text("user_id,item_id,rating\nu,a,5\n")
+    items = tmp_path / "items.jsonl"
+    items.write_text('{"item_id": "a", "categories": ["x"]}\n{"item_id": "b", "categories": {"x": 1}}\n')
+    report = import_local(tmp_path / "reviews.csv", items, tmp_path / "interim")
+    assert report["meta"]["rejected"] == 1
+    (reject,) = [json.loads(x) for x in (tmp_path / "interim" / "rejects.jsonl").read_text().splitlines()]
+    assert (reject["file"], reject["line"]) == ("meta", 2) and reject["reason"].startswith("categories is a dict")
+
+
+def test_a_table_with_its_own_line_column_is_imported(tmp_path):
+    (tmp_path / "reviews.csv").write_text("line,user_id,item_id,rating\n10,u,a,5\n20,,a,5\n")
+    (tmp_path / "items.csv").write_text("item_id,line\na,7\n")
+    report = import_local(tmp_path / "reviews.csv", tmp_path / "items.csv", tmp_path / "interim", max_reject_frac=0.5)
+    assert report["reviews"]["rejected"] == 1
+    got, meta = _interim(tmp_path / "interim")
+    assert got["line"].tolist() == [1] and meta["line"].tolist() == [1]
+    (reject,) = [json.loads(x) for x in (tmp_path / "interim" / "rejects.jsonl").read_text().splitlines()]
+    assert reject["line"] == 2 and json.loads(reject["text"])["line_in_table"] == "20"
