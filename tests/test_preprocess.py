@@ -266,3 +266,26 @@ def test_split_matrices():
         split_matrices(df, n_users=4, n_items=2)
     with pytest.raises(ValueError, match="split"):
         split_matrices(df.assign(split="dev"), n_users=4, n_items=3)
+
+
+@pytest.mark.parametrize(
+    ("ratings", "hint"),
+    [([1.0, 2.0, 3.0], "Lower preprocess.min_rating below 3"), ([True, False], "set preprocess.min_rating: 0")],
+)
+def test_a_rating_filter_that_keeps_nothing_is_named_not_the_k_core(ratings, hint):
+    """All ratings <= 3, or booleans read as 1/0: the error names the rating filter (issue 24, item 7)."""
+    n = 60
+    reviews = pd.DataFrame(
+        {
+            "user_id": [f"u{k % 6}" for k in range(n)],
+            "item_id": [f"i{k % 10}" for k in range(n)],
+            "rating": [ratings[k % len(ratings)] for k in range(n)],
+            "timestamp": np.arange(n),
+            "line": np.arange(1, n + 1),
+        }
+    )
+    with pytest.raises(EmptyDatasetError) as info:
+        preprocess(reviews, empty_items())
+    message = str(info.value)
+    assert message.startswith("the rating filter kept nothing") and "preprocess.min_rating 3" in message
+    assert hint in message and "core" not in message

@@ -110,8 +110,11 @@ def preprocess(reviews: pd.DataFrame, items: pd.DataFrame, settings: PreprocessS
         else reviews.assign(line=np.arange(1, len(reviews) + 1))
     )
     stats: dict = {"steps": {"reviews": _counts(reviews)}}
-    kept = reviews[reviews["rating"].astype(float) > s.min_rating]
+    ratings = reviews["rating"].astype(float)
+    kept = reviews[ratings > s.min_rating]
     stats["steps"]["rating_filter"] = _counts(kept)
+    if kept.empty and len(reviews):
+        raise EmptyDatasetError(rating_filter_message(ratings, s.min_rating))
     dedup = (
         kept.sort_values(["timestamp", "line"], kind="stable", na_position="last")
         .drop_duplicates(["user_id", "item_id"], keep="first")
@@ -169,6 +172,24 @@ def preprocess(reviews: pd.DataFrame, items: pd.DataFrame, settings: PreprocessS
         "seed": s.seed,
     }
     return {"users": users_out, "items": items_out, "interactions": interactions, "stats": stats}
+
+
+def rating_filter_message(ratings: pd.Series, min_rating: float) -> str:
+    """Why the rating filter kept nothing, and the setting that decides it."""
+    seen = np.unique(ratings.to_numpy(np.float64))
+    shown = ", ".join(f"{v:g}" for v in seen[:6]) + (", ..." if len(seen) > 6 else "")
+    message = (
+        f"the rating filter kept nothing: none of the {len(ratings)} reviews has a rating above "
+        f"preprocess.min_rating {min_rating:g} (ratings found: {shown})."
+    )
+    if set(seen) <= {0.0, 1.0}:
+        message += (
+            " Ratings of 0 and 1 look like implicit feedback (true/false is read as 1/0): set "
+            "preprocess.min_rating: 0 to keep the 1s."
+        )
+    else:
+        message += f" Lower preprocess.min_rating below {seen.max():g}, or check the rating column."
+    return message
 
 
 def metadata_warnings(items: pd.DataFrame, item_order: list) -> list[str]:
