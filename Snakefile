@@ -29,6 +29,8 @@ configfile: "config.yaml"
 # A short message naming the offending setting instead of Snakemake's schema dump; then the
 # checks the schema cannot express (backbone reachable, head count), before any job is planned.
 SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
+# First the size: a YAML alias bomb would otherwise be printed whole in the schema's error.
+config_check.check_size(config)
 try:
     validate(config, str(SCHEMA))
 except WorkflowError:

@@ -167,3 +167,64 @@ def test_uppercase_sha256_is_accepted_and_verified(tmp_path):
 def test_unknown_key_is_named_in_a_short_message(work, tmp_path, settings, key):
     text = refusal(dry_run(work, settings, tmp_path))
     assert f"config: unknown key {key!r}" in text
+
+
+# --- issue 24, items 2 and 8: names, seeds and lists refused at start --------------------
+
+
+@pytest.mark.parametrize("name", ["popularity", "multivae"])
+def test_a_variant_named_like_a_baseline_is_refused_naming_both(work, tmp_path, name):
+    settings = {"variants": {name: {"edge_bias": "none"}}, "run_variants": ["full", name]}
+    text = refusal(dry_run(work, settings, tmp_path))
+    index = ["popularity", "itemknn", "ease", "multivae"].index(name)
+    assert f"config: run_variants[1] {name!r} and baselines.run[{index}] {name!r} are two methods of one name" in text
+
+
+def test_a_variant_named_like_a_baseline_that_is_not_run_is_accepted(work, tmp_path):
+    settings = {"variants": {"ease": {}}, "run_variants": ["ease"], "baselines": {"run": ["popularity"]}}
+    proc = dry_run(work, settings, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"run_variants": []}, "config: run_variants: [] should be non-empty: at least one variant"),
+        ({"seeds": [0, 1, 0]}, "config: seeds: 0 is listed more than once"),
+        ({"run_variants": ["full", "full"]}, "config: run_variants: 'full' is listed more than once"),
+        ({"baselines": {"run": ["ease", "ease"]}}, "config: baselines.run: 'ease' is listed more than once"),
+        ({"data_seed": 2**32}, "config: data_seed: 4294967296 is greater than the maximum of 4294967295"),
+        ({"data_seed": -1}, "config: data_seed: -1 is less than the minimum of 0"),
+        ({"seeds": [2**40]}, "config: seeds[0]: 1099511627776 is greater than the maximum of 4294967295"),
+    ],
+)
+def test_lists_and_seeds_that_cannot_run_are_refused_at_start(work, tmp_path, settings, message):
+    assert message in refusal(dry_run(work, settings, tmp_path))
+
+
+def test_a_name_too_long_for_a_file_name_is_refused_at_start(work, tmp_path):
+    name = "d" * 300
+    text = refusal(dry_run(work, {"dataset": name, "datasets": {name: {"source": "demo"}}}, tmp_path))
+    assert f"config: dataset: the name {'d' * 24!r}... has 300 characters, at most 100" in text
+    assert "config: datasets: the name" in text and "OSError" not in text
+
+
+def _alias_bomb(levels: int) -> str:
+    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"l{k}: &l{k} [{', '.join([f'*l{k - 1}'] * 9)}]" for k in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (_alias_bomb(6), "values in all, counting each repetition of a YAML alias (*name)"),
+        ("a: &a [1, *a]\n", "config: a YAML alias (*name) refers to a block that contains it"),
+    ],
+)
+def test_a_yaml_alias_bomb_is_refused_before_the_schema_prints_it(work, tmp_path, text, message):
+    user = tmp_path / "bomb.yaml"
+    user.write_text(text)
+    proc = snakemake(work, "-n", "--cores", "1", "--configfile", str(user), check=False)
+    out = refusal(proc)
+    assert message in out and "unknown key" not in out

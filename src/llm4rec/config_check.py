@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 MAX_ERRORS = 5
+MAX_VALUES = 10_000
 MAX_MESSAGE = 200
 _TRUE = {"1", "on", "yes", "true"}
 _WEIGHT_FILES = (
@@ -52,6 +53,16 @@ def _describe(error: Any) -> str:
         extra = [k for k in error.instance if k not in known and not any(re.search(p, k) for p in patterns)]
         keys = ", ".join(repr(setting([*error.absolute_path, k])) for k in extra)
         return _short(f"config: unknown key {keys} (known here: {', '.join(sorted(known))})")
+    if error.validator == "maxLength" and isinstance(error.instance, str):
+        return _short(
+            f"config: {where}: the name {error.instance[:24]!r}... has {len(error.instance)} characters, at most "
+            f"{error.validator_value}: names become folder and file names"
+        )
+    if error.validator == "uniqueItems":
+        twice = next(v for i, v in enumerate(error.instance) if v in error.instance[:i])
+        return _short(f"config: {where}: {twice!r} is listed more than once (each entry is one run)")
+    if error.validator in ("minItems", "minimum", "maximum") and "description" in schema:
+        return _short(f"config: {where}: {error.message}: {schema['description']}")
     if "propertyNames" in error.schema_path:
         why = schema.get("description", error.message)
         return _short(f"config: {where}: name {error.instance!r} is not allowed: {why}")
@@ -79,8 +90,53 @@ def load_schema(path: str | Path) -> dict[str, Any]:
     return yaml.safe_load(Path(path).read_text())
 
 
+class _EndlessError(Exception):
+    """A block of the config contains itself (raised deep down, told at the top)."""
+
+
+def count_values(config: Any) -> int:
+    """Values in ``config`` as the workflow reads them: a block that YAML aliases repeat counts
+    each time, found without walking every repetition (a block met again is looked up)."""
+    sizes: dict[int, int] = {}
+    open_blocks: set[int] = set()
+
+    def size(node: Any) -> int:
+        if not isinstance(node, (Mapping, list, tuple)):
+            return 1
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_blocks:
+            raise _EndlessError
+        open_blocks.add(key)
+        total = 1 + sum(size(child) for child in (node.values() if isinstance(node, Mapping) else node))
+        open_blocks.discard(key)
+        sizes[key] = total
+        return total
+
+    try:
+        return size(config)
+    except _EndlessError:
+        message = "config: a YAML alias (*name) refers to a block that contains it: the config has no end"
+    except RecursionError:
+        message = "config: blocks nested too deeply to be a configuration of this workflow"
+    raise ConfigError(message)
+
+
+def check_size(config: Mapping[str, Any], limit: int = MAX_VALUES) -> None:
+    """Refuse a config of more values than this workflow can use (a YAML alias bomb) before the
+    schema check, whose error message would print every repetition (minutes, gigabytes)."""
+    n = count_values(config)
+    if n > limit:
+        raise ConfigError(
+            f"config: {n:,} values in all, counting each repetition of a YAML alias (*name); a configuration of "
+            f"this workflow has far fewer (at most {limit:,} are read): check the files given with --configfile"
+        )
+
+
 def check_names(config: Mapping[str, Any]) -> None:
-    """`dataset` and `run_variants` must name entries that exist."""
+    """`dataset` and `run_variants` must name entries that exist, and every method run (variants
+    and baselines) its own name: the summary, the tests and the curves are keyed by it."""
     datasets = config["datasets"]
     if config["dataset"] not in datasets:
         raise ConfigError(
@@ -90,6 +146,13 @@ def check_names(config: Mapping[str, Any]) -> None:
         if name not in config["variants"]:
             raise ConfigError(
                 f"config: run_variants[{i}] {name!r} is not in 'variants' (known: {', '.join(config['variants'])})"
+            )
+    baselines = list(config.get("baselines", {}).get("run", []))
+    for i, name in enumerate(config["run_variants"]):
+        if name in baselines:
+            raise ConfigError(
+                f"config: run_variants[{i}] {name!r} and baselines.run[{baselines.index(name)}] {name!r} are two "
+                "methods of one name: their results would merge in the summary; rename the variant"
             )
 
 
