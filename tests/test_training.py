@@ -137,16 +137,17 @@ def test_demo_model_beats_popularity(demo_run):
 def test_cli_recommend(demo_run):
     run = demo_run / "results/demo/full-s0"
     ok = subprocess.run(
-        [str(BIN / "llm4rec"), "recommend", "--run", str(run), "--user", "3", "--top", "5"],
+        [str(BIN / "llm4rec"), "recommend", "--run", str(run), "--uid", "3", "--top", "5"],
         capture_output=True,
         text=True,
     )
     assert ok.returncode == 0, ok.stderr
     lines = ok.stdout.strip().splitlines()
-    assert lines[0].startswith("top 5 items for user_3") and len(lines) == 6
+    assert lines[0].startswith("top 5 items for user_3") and len(lines) == 7
+    assert lines[1].split() == ["rank", "iid", "item_id", "score", "title"] and "note:" not in ok.stderr
     recs = pd.read_parquet(run / "recommendations.parquet")
     first = recs[(recs["uid"] == 3) & (recs["rank"] == 1)].iloc[0]
-    assert f"item_{int(first['iid'])}" in lines[1]
+    assert f"item_{int(first['iid'])}" in lines[2]
     bad = subprocess.run(
         [str(BIN / "llm4rec"), "recommend", "--run", str(run), "--user", "someone-new"], capture_output=True, text=True
     )

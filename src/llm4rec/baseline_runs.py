@@ -22,7 +22,7 @@ import torch
 
 from llm4rec.baselines import EASE_LAMBDAS, ItemKNN, Popularity, fit_ease_grid, train_multivae
 from llm4rec.metrics import METRICS, RankingEvaluator, selection_score
-from llm4rec.preprocess import load_processed
+from llm4rec.preprocess import load_processed, write_recommendations
 
 __all__ = ["BASELINES", "BaselineRun", "load_splits", "run_baseline", "write_baseline_run"]
 
@@ -120,11 +120,22 @@ def run_baseline(
     return BaselineRun(metrics, res_test.per_user, res_test.top_k, history)
 
 
-def write_baseline_run(run: BaselineRun, metrics: Path, per_user: Path, recommendations: Path, history: Path) -> None:
-    """Write a run's files (the layout of an evaluated variant, plus history.csv)."""
+def write_baseline_run(
+    run: BaselineRun,
+    metrics: Path,
+    per_user: Path,
+    recommendations: Path,
+    history: Path,
+    processed: Path | None = None,
+) -> None:
+    """Write a run's files (the layout of an evaluated variant, plus history.csv); with ``processed``
+    the recommendations are stamped with that data's fingerprint, as an evaluated variant's are."""
     for p in (metrics, per_user, recommendations, history):
         Path(p).parent.mkdir(parents=True, exist_ok=True)
     Path(metrics).write_text(json.dumps(run.metrics, indent=2) + "\n")
     run.per_user.to_parquet(per_user, index=False)
-    run.recommendations.to_parquet(recommendations, index=False)
+    if processed is None:
+        run.recommendations.to_parquet(recommendations, index=False)
+    else:
+        write_recommendations(run.recommendations, recommendations, processed)
     run.history.to_csv(history, index=False)

@@ -22,7 +22,7 @@ from .encoding import build_eval_examples
 from .graph import RelationIndex
 from .metrics import METRICS, RankingEvaluator
 from .model import EdgeAwareRecModel, max_length
-from .preprocess import Processed
+from .preprocess import Processed, write_recommendations
 from .stage import RunSettings, StagePaths, parse_args, start
 from .tokenization import pad_token_id
 
@@ -110,7 +110,7 @@ def evaluate(
     out = {"test": res["metrics"], "val": {**best["val"]}, "epoch": best["epoch"]}
     if acc.is_main_process:
         metrics_path.write_text(json.dumps(out, indent=2) + "\n")
-        res["top_k"].to_parquet(recommendations_path, index=False)
+        write_recommendations(res["top_k"], recommendations_path, paths.processed)
         if per_user_path is not None:
             res["per_user"].to_parquet(per_user_path, index=False)
     acc.wait_for_everyone()

@@ -8,6 +8,7 @@ writer, so that their layout is stated once.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from .text import clean_list, clean_text
@@ -274,6 +277,34 @@ def processed_sizes(folder: str | Path) -> tuple[int, int]:
         len(pd.read_parquet(folder / "users.parquet", columns=["uid"])),
         len(pd.read_parquet(folder / "items.parquet", columns=["iid"])),
     )
+
+
+DATA_KEY = b"llm4rec.data"
+
+
+def data_fingerprint(folder: str | Path) -> str:
+    """sha256 of the user and item ids in uid / iid order: the identity of a ``processed/``
+    folder as a run's numbers see it (a run of other data, or of data preprocessed again, maps
+    its uids and iids to other users and items)."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for table, column in (("users", "user_id"), ("items", "item_id")):
+        ids = pd.read_parquet(folder / f"{table}.parquet", columns=[column])[column]
+        digest.update(f"{table}:{len(ids)}\n".encode() + "\0".join(ids.astype(str)).encode() + b"\n")
+    return digest.hexdigest()
+
+
+def write_recommendations(top_k: pd.DataFrame, path: str | Path, processed: str | Path) -> None:
+    """``recommendations.parquet``, stamped with the fingerprint of the data it ranks."""
+    table = pa.Table.from_pandas(top_k, preserve_index=False)
+    stamp = json.dumps({"data_sha256": data_fingerprint(processed)}).encode()
+    pq.write_table(table.replace_schema_metadata({**(table.schema.metadata or {}), DATA_KEY: stamp}), path)
+
+
+def recommendations_fingerprint(path: str | Path) -> str | None:
+    """The data fingerprint a ``recommendations.parquet`` was written with (None: written before stamps)."""
+    metadata = pq.read_schema(path).metadata or {}
+    return json.loads(metadata[DATA_KEY])["data_sha256"] if DATA_KEY in metadata else None
 
 
 def load_processed(folder: str | Path, columns: Iterable[str] = ("uid", "iid", "split")) -> Processed:
