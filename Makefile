@@ -4,6 +4,11 @@
 #   make lint   ruff, snakefmt and snakemake --lint (CI runs it first)
 VENV ?= .venv
 PYTHON ?= python3
+# The PyTorch requirement and the index it comes from. pip's default index gives the multi-GB
+# CUDA build on Linux; the CPU build anywhere: make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# (a CUDA 12.8 build: TORCH_INDEX=https://download.pytorch.org/whl/cu128). Empty: pip's own index.
+TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
 STAMP := $(VENV)/.installed
 CORES ?= all
 
@@ -12,8 +17,7 @@ CORES ?= all
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	# The CPU build from this machine's disk (a bare `torch` may pull a multi-GB CUDA build).
-	$(VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(VENV)/bin/python -m pip install --quiet $(if $(TORCH_INDEX),--index-url '$(TORCH_INDEX)') '$(TORCH)'
 	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
 	touch $@
 

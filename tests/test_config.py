@@ -228,3 +228,25 @@ def test_a_yaml_alias_bomb_is_refused_before_the_schema_prints_it(work, tmp_path
     proc = snakemake(work, "-n", "--cores", "1", "--configfile", str(user), check=False)
     out = refusal(proc)
     assert message in out and "unknown key" not in out
+
+
+@pytest.mark.parametrize(
+    ("args", "pip"),
+    [
+        ([], "pip install --quiet  'torch==2.13.0'"),
+        (
+            ["TORCH=torch==2.13.0+cpu", "TORCH_INDEX=https://download.pytorch.org/whl/cpu"],
+            "pip install --quiet --index-url 'https://download.pytorch.org/whl/cpu' 'torch==2.13.0+cpu'",
+        ),
+    ],
+)
+def test_make_setup_takes_the_torch_requirement_and_index(tmp_path, args, pip):
+    """The torch build is the user's choice (issue 24, item 11): `make -n` shows the pip command."""
+    proc = subprocess.run(
+        ["make", "-n", "-B", "setup", f"VENV={tmp_path / 'venv'}", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert f"{tmp_path / 'venv'}/bin/python -m {pip}" in proc.stdout
