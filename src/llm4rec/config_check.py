@@ -15,6 +15,8 @@ from typing import Any
 
 MAX_ERRORS = 5
 MAX_VALUES = 10_000
+# The baselines' names (the schema's enum of baselines.run): no variant may take one.
+BASELINES = ("popularity", "itemknn", "ease", "multivae")
 MAX_MESSAGE = 200
 _TRUE = {"1", "on", "yes", "true"}
 _WEIGHT_FILES = (
@@ -153,6 +155,11 @@ def check_names(config: Mapping[str, Any]) -> None:
             raise ConfigError(
                 f"config: run_variants[{i}] {name!r} and baselines.run[{baselines.index(name)}] {name!r} are two "
                 "methods of one name: their results would merge in the summary; rename the variant"
+            )
+        if name in BASELINES:
+            raise ConfigError(
+                f"config: run_variants[{i}] {name!r} has the name of the baseline {name!r} (not in baselines.run "
+                "now): the workflow's files and curves of that baseline would be taken for it; rename the variant"
             )
 
 
