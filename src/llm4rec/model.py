@@ -72,6 +72,8 @@ class ModelSettings:
     dtype: str = "float32"
     lora: Mapping[str, Any] | None = None
     gradient_checkpointing: bool = False
+    backbone_layers: int | None = None  # keep the first N decoder blocks (a CPU lever)
+    backbone_revision: str | None = None  # read by the `backbone` rule only
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ModelSettings:
@@ -197,6 +199,34 @@ def _check_loaded(model: PreTrainedModel, attn_implementation: str) -> None:
         raise ValueError(f"asked for attention {attn_implementation!r}, the model uses {got!r}")
 
 
+def decoder_blocks(backbone: PreTrainedModel) -> tuple[nn.Module, str]:
+    """The base model and the name of its list of decoder blocks (`layers`, GPT-2's `h`)."""
+    base = getattr(backbone, backbone.base_model_prefix)
+    for attr in ("layers", "h"):
+        if isinstance(getattr(base, attr, None), nn.ModuleList):
+            return base, attr
+    raise ValueError(f"{backbone.config.model_type}: cannot find the decoder blocks (no `layers` or `h` list)")
+
+
+def keep_layers(backbone: PreTrainedModel, n: int) -> PreTrainedModel:
+    """Keep the first `n` decoder blocks (`model.backbone_layers`), then the final norm and
+    heads as before: a shallower model that costs about n / L of the full one per token."""
+    base, attr = decoder_blocks(backbone)
+    blocks = getattr(base, attr)
+    if not 1 <= n <= len(blocks):
+        raise ValueError(f"model.backbone_layers {n}: the backbone has {len(blocks)} decoder blocks (keep 1 to all)")
+    if n == len(blocks):
+        return backbone
+    setattr(base, attr, blocks[:n])
+    cfg = backbone.config
+    for key in ("num_hidden_layers", "n_layer"):
+        if hasattr(cfg, key):
+            setattr(cfg, key, n)  # LLaMA-style models loop over layers[: num_hidden_layers]
+    if getattr(cfg, "layer_types", None):
+        cfg.layer_types = list(cfg.layer_types)[:n]
+    return backbone
+
+
 def context_length(backbone: PreTrainedModel) -> int:
     """The longest sequence the backbone's positions allow."""
     cfg = backbone.config
@@ -285,6 +315,7 @@ class EdgeAwareRecModel(nn.Module):
         gradient_checkpointing: bool = False,
         base_name: str | None = None,
         base_revision: str | None = None,
+        backbone_layers: int | None = None,
     ) -> None:
         super().__init__()
         if mutual_reg not in MUTUAL_REG:
@@ -295,6 +326,10 @@ class EdgeAwareRecModel(nn.Module):
         # What a LoRA model's checkpoint names instead of holding the base weights.
         self.base_name = base_name or str(getattr(backbone.config, "name_or_path", "") or "")
         self.base_revision = base_revision or getattr(backbone.config, "_commit_hash", None)
+        # Before any wrapping; a LoRA model reloads its base by name and cuts it again.
+        self.backbone_layers = int(backbone_layers) if backbone_layers else None
+        if self.backbone_layers:
+            keep_layers(backbone, self.backbone_layers)
         if gradient_checkpointing:
             enable_gradient_checkpointing(backbone)
         self.lora = lora_settings(lora) if lora else None
@@ -496,6 +531,7 @@ class EdgeAwareRecModel(nn.Module):
             "lora": self.lora,
             "base_name": self.base_name,
             "base_revision": self.base_revision,
+            "backbone_layers": self.backbone_layers,
         }
         (out / "rec_config.json").write_text(json.dumps(meta, indent=2))
 
@@ -553,6 +589,8 @@ def build_model(
     if m.backbone == "tiny":
         if m.lora:
             raise ValueError("model.lora needs a pre-trained backbone (a name or folder), not tiny")
+        if m.backbone_layers:
+            raise ValueError("model.backbone_layers cuts a pre-trained backbone; tiny's depth is model.tiny.n_layer")
         t = m.tiny
         backbone = build_tiny_backbone(
             len(tokenizer),
@@ -579,6 +617,7 @@ def build_model(
         mutual_reg=m.mutual_reg,
         lora=m.lora,
         gradient_checkpointing=m.gradient_checkpointing,
+        backbone_layers=m.backbone_layers,
     )
 
 

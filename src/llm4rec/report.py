@@ -515,10 +515,25 @@ def package_versions(names: Sequence[str] = PACKAGES) -> dict[str, str]:
     return out
 
 
+def _backbone_html(record: Mapping[str, Any] | None) -> str:
+    """The backbone's provenance as a table; tiny has none (trained from scratch)."""
+    if record is None:
+        return "<h3>backbone</h3><p>tiny: a GPT-2 trained from scratch on this dataset (nothing fetched)</p>"
+    from .backbone_store import record_rows
+
+    rows = pd.DataFrame(record_rows(record), columns=["field", "value"])
+    return table_html(rows, "backbone (as materialized)").split("<body>", 1)[1].rsplit("</body>", 1)[0]
+
+
 def provenance_html(
-    config_text: str, commit: str, packages: Mapping[str, str], raw_files: Mapping[str, str | Path]
+    config_text: str,
+    commit: str,
+    packages: Mapping[str, str],
+    raw_files: Mapping[str, str | Path],
+    backbone: Mapping[str, Any] | None = None,
 ) -> str:
-    """Config, git commit, package versions and sha256 of the raw inputs, as one HTML page."""
+    """Config, git commit, package versions, sha256 of the raw inputs and, for a pre-trained
+    backbone, its provenance record (llm4rec.backbone_store), as one HTML page."""
     files = pd.DataFrame(
         [{"file": str(p), "bytes": Path(p).stat().st_size, "sha256": sha256_file(p)} for p in raw_files.values()],
         columns=["file", "bytes", "sha256"],
@@ -532,6 +547,7 @@ def provenance_html(
         + "</code></p>"
         + head[1].rsplit("</body>", 1)[0]
         + table_html(files, "raw input files").split("<body>", 1)[1].rsplit("</body>", 1)[0]
+        + _backbone_html(backbone)
         + "<h3>configuration (merged, as run; JSON)</h3><pre>"
         + html.escape(config_text)
         + "</pre></body></html>\n"

@@ -393,13 +393,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     """`python -m llm4rec.training {pretrain,finetune} ...`, as the rules run it.
 
     The checkpoint fingerprint covers the settings object as passed, the library version and
-    every input (the stage's and the tokenizer's), so a resumed state is one of this run.
+    every input (the stage's and the tokenizer's; for a materialized backbone its provenance
+    record, which holds the weights' sha256), so a resumed state is one of this run.
     """
+    from .backbone_store import provenance_path
     from .checkpoint import fingerprint
 
     args = parse_args("training", STAGES, argv)
     previous = args.content if args.stage == "pretrain" else args.pretrained
     inputs = [args.processed, args.graph, previous] + ([args.tokenizer] if args.tokenizer else [])
+    backbone = args.settings["model"]["backbone"]
+    if backbone != "tiny" and provenance_path(backbone).is_file():
+        inputs.append(provenance_path(backbone))
     paths = StagePaths(
         processed=args.processed,
         graph=args.graph,

@@ -2,6 +2,8 @@
 
 import json
 
+from llm4rec import backbone_store
+
 VERSION = llm4rec.__version__
 DATASET = config["dataset"]
 DATASETS = config["datasets"]
@@ -59,9 +61,39 @@ VARIANTS = config["variants"]
 RUN = "results/{dataset}/{variant}-s{seed}"
 
 
+# `model.backbone` as the stages read it: tiny, or the folder the `backbone` rule materializes
+# once (llm4rec.backbone_store) from a hub name, a local folder or a GGUF file.
+BACKBONE_SPEC = config["model"]["backbone"]
+BACKBONE_NAME = backbone_store.backbone_name(BACKBONE_SPEC)
+BACKBONE = "tiny" if BACKBONE_SPEC == "tiny" else str(backbone_store.BACKBONES_DIR / BACKBONE_NAME)
+
+
 def model_settings(variant):
-    """The `model` block with the variant's overrides applied."""
-    return {**config["model"], **VARIANTS[variant]}
+    """The `model` block with the variant's overrides applied. A pre-trained backbone is named
+    by its materialized folder (the stages read nothing else; its source and revision are the
+    `backbone` rule's settings, and a changed folder reruns the stages as their input)."""
+    settings = {**config["model"], **VARIANTS[variant]}
+    if BACKBONE != "tiny":
+        settings["backbone"] = BACKBONE
+        settings.pop("backbone_revision", None)
+    return settings
+
+
+def backbone_input(wildcards):
+    """The materialized backbone folder of the encode, training and evaluation stages."""
+    return [] if BACKBONE == "tiny" else BACKBONE
+
+
+def backbone_source(wildcards):
+    """The local files the `backbone` rule reads (a GGUF file; a folder's files), so that a
+    changed source reruns it; a hub name has none (its revision is a param)."""
+    kind = backbone_store.backbone_kind(BACKBONE_SPEC)
+    path = Path(backbone_store.expand(BACKBONE_SPEC))
+    if kind == "gguf":
+        return [str(path)]
+    if kind == "folder":
+        return sorted(str(f) for f in path.iterdir() if f.is_file())
+    return []
 
 
 # The setting blocks each training or evaluation stage reads (besides the seeds and `model`).
@@ -232,6 +264,14 @@ def curve_inputs(wildcards):
 def curve_methods():
     methods = list(config["run_variants"])
     return methods + (["multivae"] if "multivae" in BASELINE_SETTINGS["run"] else [])
+
+
+def provenance_inputs(wildcards):
+    """The raw inputs whose checksums the provenance lists, and the backbone's record."""
+    files = raw_files(wildcards)
+    if BACKBONE != "tiny":
+        files["backbone"] = str(backbone_store.provenance_path(BACKBONE))
+    return files
 
 
 def raw_files(wildcards):

@@ -6,6 +6,35 @@ wildcard_constraints:
     seed=r"\d+",
 
 
+localrules:
+    backbone,
+
+
+# A local rule (it runs where the network is, like `download`): `model.backbone` once into a
+# plain folder the stages read, with its provenance beside it (llm4rec.backbone_store). Not
+# for tiny, which is trained from scratch.
+rule backbone:
+    input:
+        backbone_source,
+    output:
+        folder=directory("resources/backbones/{backbone}"),
+        record="resources/backbones/{backbone}.json",
+    log:
+        "logs/backbones/{backbone}.log",
+    benchmark:
+        "benchmarks/backbones/{backbone}.tsv"
+    wildcard_constraints:
+        backbone=_alternatives([] if BACKBONE == "tiny" else [BACKBONE_NAME]),
+    conda:
+        "../../envs/llm4rec.yaml"
+    threads: 1
+    params:
+        spec=BACKBONE_SPEC,
+        revision=config["model"].get("backbone_revision"),
+    script:
+        "../scripts/backbone.py"
+
+
 rule tokenizer:
     input:
         catalog="results/{dataset}/processed/items.parquet",
@@ -34,6 +63,7 @@ rule encode:
         interactions="results/{dataset}/processed/interactions.parquet",
         second_order="results/{dataset}/graph/second_order.parquet",
         tokenizer=tokenizer_input,
+        backbone=backbone_input,
     output:
         content="results/{dataset}/encoded/content.npz",
     log:
@@ -46,7 +76,7 @@ rule encode:
     resources:
         mem_mb=8000,
     params:
-        backbone=config["model"]["backbone"],
+        backbone=BACKBONE,
         tiny=config["model"]["tiny"],
         max_length=config["model"]["max_length"],
         seed=config["data_seed"],
@@ -63,6 +93,7 @@ rule pretrain:
         graph="results/{dataset}/graph/relation",
         content="results/{dataset}/encoded/content.npz",
         tokenizer=tokenizer_input,
+        backbone=backbone_input,
     output:
         directory(f"{RUN}/pretrain"),
     log:
@@ -94,6 +125,7 @@ use rule pretrain as finetune with:
         graph="results/{dataset}/graph/relation",
         pretrained=f"{RUN}/pretrain",
         tokenizer=tokenizer_input,
+        backbone=backbone_input,
     output:
         directory(f"{RUN}/finetune"),
     log:
@@ -119,6 +151,7 @@ use rule pretrain as evaluate with:
         graph="results/{dataset}/graph/relation",
         finetuned=f"{RUN}/finetune",
         tokenizer=tokenizer_input,
+        backbone=backbone_input,
     output:
         metrics=f"{RUN}/metrics.json",
         recommendations=f"{RUN}/recommendations.parquet",

@@ -153,12 +153,12 @@ rule report_methods:
 
 rule report_provenance:
     input:
-        unpack(raw_files),
+        unpack(provenance_inputs),
     output:
         report(
             "results/{dataset}/report/provenance.html",
             category="4. Provenance",
-            labels={"file": "config, commit, packages, checksums"},
+            labels={"file": "config, commit, packages, checksums, backbone"},
             caption="../report/provenance.rst",
         ),
     log:

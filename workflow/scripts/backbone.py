@@ -1,0 +1,13 @@
+"""Materialize `model.backbone` once into a plain folder with its provenance (local rule)."""
+
+import json
+from pathlib import Path
+
+from llm4rec.backbone_store import materialize
+from llm4rec.logutil import log_to
+
+with log_to(snakemake.log[0]) as log:
+    p = snakemake.params
+    record = materialize(p.spec, snakemake.output.folder, revision=p.revision)
+    log.info("%s", json.dumps(record))
+    Path(snakemake.output.record).write_text(json.dumps(record, indent=2) + "\n")
