@@ -1,48 +1,49 @@
-"""Behaviour pinned across refactors: the demo's test metrics equal values recorded before
-(tests/data/pinned_demo_metrics.json), for the default config and for configs/ci.yaml.
+"""Behaviour pinned across refactors and machines (tests/data/pinned_demo_metrics.json).
 
-The values were recorded on a clean clone of the commit that made the `tiny` tokenizer learn
-the prompt templates' words (the numbers moved then) with `snakemake --cores 2` (default
-config) and
-`snakemake results/demo/full-s0/metrics.json --cores 1 --configfile configs/ci.yaml` (the
-runs of the `demo_run` and `ci_base` fixtures, reused here: no extra workflow run). A change
-that moves a number on purpose re-records the file and says why in its commit. The default
-config's trained model is pinned per CPU kind (vector width and vendor): its long schedule
-amplifies the floating-point differences between kinds; the baselines and the short CI
-schedule give the same numbers on both kinds seen.
+What is exact on every x86-64 machine seen (AVX2 and AVX-512 AMD EPYC VMs) is pinned to the
+last digit: the demo's baselines (popularity, ItemKNN, EASE, Multi-VAE) and the model trained
+on the short `configs/ci.yaml` schedule. The default config's trained model is not: its long
+schedule amplifies the floating-point differences between CPUs (kernel choice by vector width,
+cache sizes, library versions) into test Recall@20 0.406, 0.409 and 0.435 on three machines. For
+it the suite checks what is promised instead:
+
+- repeatability: the same config trained twice on the same machine gives identical metrics and
+  identical training histories;
+- a band that every machine seen so far satisfies, derived from the spread over seeds on one
+  machine (a different floating-point path perturbs training like another seed does), narrow
+  enough that a run which learns less (the short CI schedule, a learning rate of 0) falls out.
+
+The runs are those of the `demo_run` (`snakemake --cores all`) and `ci_base` fixtures. A change
+that moves a number on purpose re-records the file and says why in its commit.
 """
 
 from __future__ import annotations
 
 import json
-import platform
+import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
-import torch
-from conftest import CI_RUN
+from conftest import CI_RUN, snakemake
 
 PINNED = json.loads((Path(__file__).parent / "data" / "pinned_demo_metrics.json").read_text())
+DEMO_RUN = "results/demo/full-s0"
+BAND = PINNED["default_band"][DEMO_RUN]
 
 
-def cpu_kind() -> str:
-    """torch's CPU capability and the CPU vendor (the math libraries choose kernels by both)."""
+def cpu_model() -> str:
+    """The CPU's model name and vendor, for failure messages (the checks do not depend on it)."""
     cpuinfo = Path("/proc/cpuinfo")
     lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
-    vendor = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("vendor_id")), platform.machine())
-    return f"{torch.backends.cpu.get_cpu_capability()} {vendor}"
+    fields = dict((k.strip(), v.strip()) for k, v in (line.split(":", 1) for line in lines[:30] if ":" in line))
+    return " ".join(fields.get(k, "?") for k in ("vendor_id", "model name"))
 
 
-def pinned_for_this_cpu(want: dict, where: str) -> dict:
-    """A pin recorded per CPU kind (`by_cpu`, keyed by `cpu_kind()`) is the one of this
-    machine's kind: another vector width orders floating-point sums differently, and over a
-    long training that moves the demo's metrics. A kind without a recorded pin is skipped."""
-    if "by_cpu" not in want:
-        return want
-    cpu = cpu_kind()
-    if cpu not in want["by_cpu"]:
-        pytest.skip(f"{where}: no pin recorded for CPU kind {cpu!r} (have {sorted(want['by_cpu'])})")
-    return want["by_cpu"][cpu]
+def outside_band(test: dict, band: dict) -> dict[str, float]:
+    """The metrics of `test` that fall outside `band` ({metric: [low, high]}); a metric that
+    `test` lacks is not judged (one machine's record holds Recall@20 only)."""
+    return {m: test[m] for m, (low, high) in band["band"].items() if m in test and not low <= test[m] <= high}
 
 
 def _assert_same(got: dict, want: dict, where: str) -> None:
@@ -56,17 +57,56 @@ def _assert_same(got: dict, want: dict, where: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("run", sorted(PINNED["default"]))
-def test_default_demo_metrics_are_pinned(demo_run, run):
+def test_default_demo_baselines_are_pinned(demo_run, run):
     got = json.loads((demo_run / run / "metrics.json").read_text())
-    want = pinned_for_this_cpu(PINNED["default"][run], run)
+    want = PINNED["default"][run]
     _assert_same(got["test"], want["test"], run)
     assert got.get("epoch") == want.get("epoch"), run
 
 
 @pytest.mark.slow
 def test_ci_demo_metrics_are_pinned(ci_base):
-    run = CI_RUN
-    got = json.loads((ci_base / run / "metrics.json").read_text())
-    want = PINNED["ci"][run]
-    _assert_same(got["test"], want["test"], run)
+    got = json.loads((ci_base / CI_RUN / "metrics.json").read_text())
+    want = PINNED["ci"][CI_RUN]
+    _assert_same(got["test"], want["test"], CI_RUN)
     assert got["epoch"] == want["epoch"]
+
+
+def test_band_holds_every_machine_seen_and_excludes_weak_learners():
+    """The band's own record: each machine's values inside, each weakened run outside."""
+    for machine, test in BAND["seen"].items():
+        assert not outside_band(test, BAND), machine
+    for weakened, test in BAND["weakened"].items():
+        assert outside_band(test, BAND), weakened
+
+
+@pytest.mark.slow
+def test_default_demo_model_is_in_band(demo_run):
+    got = json.loads((demo_run / DEMO_RUN / "metrics.json").read_text())["test"]
+    assert got["users"] == BAND["users"] and BAND["band"].keys() <= got.keys()
+    assert not outside_band(got, BAND), f"{DEMO_RUN} on {cpu_model()}: {got} outside {BAND['band']}"
+
+
+@pytest.mark.slow
+def test_ci_schedule_falls_outside_the_band(ci_base):
+    """A real run that learns less (one fine-tuning epoch of a smaller model) fails the band."""
+    got = json.loads((ci_base / CI_RUN / "metrics.json").read_text())["test"]
+    assert outside_band(got, BAND)
+
+
+def _history(run: Path, stage: str) -> pd.DataFrame:
+    history = pd.read_csv(run / stage / "history.csv")
+    return history.drop(columns=[c for c in history.columns if "second" in c or "time" in c])
+
+
+@pytest.mark.slow
+def test_default_demo_model_is_repeatable(demo_run, tmp_path):
+    """Training the default config again on this machine gives the same model to the bit."""
+    work = tmp_path / "again"
+    shutil.copytree(demo_run, work, symlinks=True)
+    snakemake(work, f"{DEMO_RUN}/metrics.json", "--cores", "all", "--forcerun", "pretrain", timeout=3600)
+    first, again = demo_run / DEMO_RUN, work / DEMO_RUN
+    assert (again / "metrics.json").stat().st_mtime > (first / "metrics.json").stat().st_mtime
+    assert json.loads((again / "metrics.json").read_text()) == json.loads((first / "metrics.json").read_text())
+    for stage in ("pretrain", "finetune"):
+        pd.testing.assert_frame_equal(_history(again, stage), _history(first, stage), check_exact=True)
