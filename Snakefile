@@ -15,6 +15,9 @@ min_version("9.0")
 # package (`make setup`: an editable install of src/; envs/llm4rec.yaml for conda jobs).
 os.environ.update(PATH=os.pathsep.join([str(Path(sys.executable).parent), os.getenv("PATH", "")]))
 os.environ.update(LLM4REC_SCRIPTS=str(Path(workflow.basedir) / "workflow" / "scripts"))
+# OpenMP threads that spin while they wait starve the other jobs on shared cores (BENCHMARKS.md):
+# the script jobs wait passively too (launch.sh sets it for the training jobs), unless set.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 try:
     import llm4rec
@@ -36,6 +39,7 @@ try:
 except WorkflowError:
     raise config_check.ConfigError(config_check.schema_message(config, config_check.load_schema(SCHEMA))) from None
 config_check.check_config(config)
+config_check.check_ease_memory(config, local=workflow.local_exec)
 
 
 report: "workflow/report/workflow.rst"

@@ -106,7 +106,7 @@ def test_ease_memory_guard_raises_before_allocating():
     assert ease_memory_bytes(n_items) > 8e9
     with pytest.raises(EASEMemoryError, match=r"200000 items -> about \d+\.\d GB"):
         EASE(max_memory_gb=8.0).fit(x)
-    with pytest.raises(EASEMemoryError, match="max_memory_gb=8"):
+    with pytest.raises(EASEMemoryError, match=r"max_memory_gb auto: 90% of the .* GB"):
         fit_ease_grid(x, x, lambdas=(1.0,))
     with pytest.raises(EASEMemoryError):
         EASE(max_memory_gb=1e-6).fit(sp.csr_matrix(_random_binary(0)))
@@ -256,3 +256,56 @@ def test_library_ease_grid_is_the_config_default():
 
     config = yaml.safe_load((Path(__file__).parents[1] / "config.yaml").read_text())
     assert tuple(float(x) for x in config["baselines"]["ease"]["lambdas"]) == EASE_LAMBDAS
+
+
+def _meminfo(tmp_path: Path, available_kb: int) -> Path:
+    p = tmp_path / "meminfo"
+    p.write_text(f"MemTotal:       25165824 kB\nMemFree:         1000000 kB\nMemAvailable:   {available_kb} kB\n")
+    return p
+
+
+def test_ease_default_limit_follows_the_machine_and_the_slurm_job(tmp_path):
+    """The Amazon category of 18,357 items (8.1 GB) on a 24 GB machine with 21 GB available:
+    the default (auto) admits EASE; a SLURM job of 6 GB, or a container of 4 GB, does not."""
+    from llm4rec.memory import ease_limit_gb, ease_need_gb
+
+    meminfo = _meminfo(tmp_path, 21_000_000)
+    no_cgroup = tmp_path / "no-cgroup"
+    need = ease_need_gb(18_357)
+    assert 8.0 < need < 8.2
+    limit, why = ease_limit_gb("auto", meminfo=meminfo, cgroup=no_cgroup, env={})
+    assert limit == pytest.approx(0.9 * 21_000_000 * 1024 / 1e9) and need < limit
+    assert why == "max_memory_gb auto: 90% of the available memory of this machine: 21.5 GB"
+    limit, why = ease_limit_gb("auto", meminfo=meminfo, cgroup=no_cgroup, env={"SLURM_MEM_PER_NODE": "6000"})
+    assert limit == pytest.approx(5.4) and "memory of this SLURM job: 6.0 GB" in why
+    env = {"SLURM_MEM_PER_CPU": "4000", "SLURM_CPUS_ON_NODE": "4"}
+    assert ease_limit_gb("auto", meminfo=meminfo, cgroup=no_cgroup, env=env)[0] == pytest.approx(14.4)
+    cgroup = tmp_path / "memory.max"
+    cgroup.write_text("4000000000\n")
+    assert "container" in ease_limit_gb("auto", meminfo=meminfo, cgroup=cgroup, env={})[1]
+    cgroup.write_text("max\n")
+    assert ease_limit_gb("auto", meminfo=meminfo, cgroup=cgroup, env={})[0] == pytest.approx(0.9 * 21.504)
+    assert ease_limit_gb(8, meminfo=meminfo)[0] == 8.0
+
+
+@pytest.mark.slow
+def test_ease_over_its_memory_is_refused_when_the_workflow_starts(demo_data, tmp_path):
+    """With the dataset preprocessed, a limit EASE cannot meet stops `snakemake` before any
+    job runs (before: popularity ran, then EASE failed in its log)."""
+    import shutil
+
+    from conftest import copy_checkout, snakemake
+
+    work = copy_checkout(tmp_path / "work")
+    shutil.copytree(demo_data / "processed", work / "results/demo/processed")
+    (work / "small.yaml").write_text("baselines: {run: [popularity, ease], ease: {max_memory_gb: 0.001}}\n")
+    targets = [f"results/demo/baselines/{name}/metrics.json" for name in ("popularity", "ease")]
+    proc = snakemake(work, *targets, "--cores", "1", "--configfile", "small.yaml", check=False)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert (
+        "config: baselines.ease.max_memory_gb: EASE needs about 0.00137 GB for the 239 items of "
+        "results/demo/processed/stats.json, over its limit of 0.001 GB (max_memory_gb 0.001)"
+    ) in text, text[-3000:]
+    assert not (work / "results/demo/baselines/popularity").exists()
+    assert "Finished job" not in text

@@ -53,6 +53,7 @@ class _State:
         self.cut_times = 0
         self.honor_range = True
         self.honor_if_range = True
+        self.seconds_per_mib = 0.0  # > 0: a slow server, so that a transfer lasts a while
         self.requests: list[tuple[str, str | None]] = []
         self.if_ranges: list[str | None] = []
         self.lock = threading.Lock()
@@ -118,6 +119,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
             if cut is None:
                 self.wfile.write(b"0\r\n\r\n")
+        elif state.seconds_per_mib:
+            for i in range(0, len(sent), 65536):
+                self.wfile.write(sent[i : i + 65536])
+                self.wfile.flush()
+                time.sleep(state.seconds_per_mib / 16)
         else:
             self.wfile.write(sent)
         if cut is not None:
@@ -542,3 +548,34 @@ def test_source_urls():
         source_urls("url", None, {}, {"reviews": "ftp://x/r", "meta": "file:///m"})
     with pytest.raises(ValueError, match="lacks a URL"):
         source_urls("url", None, {}, {"reviews": "file:///r"})
+
+
+_FETCH = "import sys; from llm4rec.download import fetch; fetch(sys.argv[1], sys.argv[2], progress=False, backoff=0.01)"
+
+
+def test_a_second_process_on_the_same_download_stops_naming_the_first(server, tmp_path):
+    """Two real processes fetch one file (Snakemake's locks may let a second run through):
+    the second stops at once, naming the first and the lock, and the first's file is whole."""
+    import subprocess
+    import sys
+
+    base, state = server
+    state.seconds_per_mib = 1.5
+    dest = tmp_path / "reviews.json.gz"
+    part = dest.with_name(dest.name + ".part")
+    first = subprocess.Popen([sys.executable, "-c", _FETCH, f"{base}/data.bin", str(dest)], stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while not (part.is_file() and part.stat().st_size) and time.time() < deadline:
+        time.sleep(0.02)
+    assert first.poll() is None, "the first download ended before the second started"
+    second = subprocess.run(
+        [sys.executable, "-c", _FETCH, f"{base}/data.bin", str(dest)], capture_output=True, text=True, timeout=60
+    )
+    assert first.poll() is None, "the first download ended before the second was refused"
+    assert second.returncode != 0
+    assert "LockedError" in second.stderr and f"pid {first.pid} " in second.stderr
+    assert f"lock file {dest}.part.lock" in second.stderr and f"the download of {dest}" in second.stderr
+    assert first.wait(timeout=120) == 0, first.stderr.read().decode()
+    assert hashlib.sha256(dest.read_bytes()).hexdigest() == SHA
+    assert not part.exists() and not Path(f"{part}.lock").exists()
+    assert [r for r in state.requests if r[0] == "/data.bin"] == [("/data.bin", None)]

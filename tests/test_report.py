@@ -112,13 +112,18 @@ class DevTools:
             if msg is not None:
                 self.events.append(msg)
 
-    def open(self, url: str) -> None:
+    def open(self, url: str, width: int = 1400, height: int = 900) -> None:
+        """Open ``url`` in a window of ``width`` x ``height`` CSS pixels."""
         target = self.send("Target.createTarget", {"url": "about:blank"}, session=False)["targetId"]
         self.session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True}, session=False)[
             "sessionId"
         ]
         for domain in ("Runtime", "Log", "Page"):
             self.send(f"{domain}.enable")
+        self.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+        )
         self.send("Page.navigate", {"url": url})
 
     def evaluate(self, expression: str):
@@ -172,11 +177,39 @@ SHOWN = """(() => {
 })()"""
 
 
-def render(report: Path, profile: Path, wait_s: float = 30, visit: bool = False) -> tuple[str, list[str], dict]:
-    """The text of the rendered report (the React app's DOM), its console errors and, with
-    ``visit``, for each result shown as image or page whether it displayed (its caption too)."""
+# Where the front page's method table and workflow graph lie ([left, top, right, bottom] in
+# CSS pixels), once the graph is drawn; null before.
+FRONT_LAYOUT = """(() => {
+    const box = e => { const b = e.getBoundingClientRect(); return [b.left, b.top, b.right, b.bottom]; };
+    const table = document.querySelector('#app .prose table');
+    const graph = document.querySelector('#rulegraph');
+    if (!table || !graph || !graph.querySelector('canvas, svg')) return null;
+    return {
+        table: box(table),
+        last_column: [...table.querySelectorAll('tr')].map(tr => box(tr.lastElementChild)),
+        graph: box(graph),
+    };
+})()"""
+
+# The result image shown (the largest one: the menu has small icons): its right edge, the
+# window's width, its width on the page and its own width (an SVG's, in CSS pixels).
+IMAGE_FIT = """(() => {
+    const imgs = [...document.querySelectorAll('#app img[src^="data:"]')];
+    if (!imgs.length) return null;
+    const img = imgs.reduce((a, b) => (a.naturalWidth >= b.naturalWidth ? a : b));
+    const box = img.getBoundingClientRect();
+    return {right: box.right, window: window.innerWidth, shown: box.width, own: img.naturalWidth};
+})()"""
+
+
+def render(report: Path, profile: Path, wait_s: float = 30, visit: bool = False) -> tuple[str, list[str], dict, dict]:
+    """The text of the rendered report (the React app's DOM) in a 1400 x 900 window, its
+    console errors, with ``visit`` for each result shown as image or page whether it displayed
+    (its caption too), and the layout: the front page's table and graph (`FRONT_LAYOUT`) and,
+    per image shown, where it lies and how wide it is (`IMAGE_FIT`)."""
     chrome = DevTools(CHROMIUM, profile)
     shown: dict[str, bool] = {}
+    layout: dict = {"images": {}}
     try:
         chrome.open(report.resolve().as_uri())
         deadline = time.monotonic() + wait_s
@@ -185,14 +218,19 @@ def render(report: Path, profile: Path, wait_s: float = 30, visit: bool = False)
             chrome.pump(0.5)
             text = chrome.evaluate("document.querySelector('#app') ? document.querySelector('#app').innerText : ''")
             if text and chrome.evaluate("document.querySelectorAll('#app table').length") > 0:
-                break
+                layout["front"] = chrome.evaluate(FRONT_LAYOUT)
+                if layout["front"] is not None:
+                    break
         if visit:
             for path in chrome.evaluate("Object.keys(results)"):
-                if chrome.evaluate(VISIT_RESULT % json.dumps(path)) is not None:
+                content = chrome.evaluate(VISIT_RESULT % json.dumps(path))
+                if content is not None:
                     chrome.pump(0.5)
                     shown[path] = bool(chrome.evaluate(SHOWN))
+                if content == "img":
+                    layout["images"][path] = chrome.evaluate(IMAGE_FIT)
         chrome.pump(1.0)  # late errors
-        return text, chrome.errors(), shown
+        return text, chrome.errors(), shown, layout
     finally:
         chrome.close()
 
@@ -207,7 +245,7 @@ def test_devtools_sees_console_errors(tmp_path):
         "console.log('fine'); console.warn('careful'); console.error('broken');"
         "setTimeout(() => { null.x; }, 10);</script></body></html>"
     )
-    text, errors, _ = render(page, tmp_path / "profile", wait_s=3)
+    text, errors, _, _ = render(page, tmp_path / "profile", wait_s=3)
     assert any("broken" in e for e in errors), errors
     assert any("exception" in e for e in errors), errors
     assert not any("fine" in e or "careful" in e for e in errors), errors
@@ -224,11 +262,25 @@ def test_report_renders_summary_without_errors(demo_run, tmp_path):
     html = report.read_text()
     # self-contained: no resource is fetched from elsewhere (links in text may mention URLs)
     assert not re.search(r"<(script|link|img|iframe)[^>]+(src|href)=\"https?://", html)
-    text, errors, shown = render(report, tmp_path / "profile", visit=True)
+    text, errors, shown, layout = render(report, tmp_path / "profile", visit=True)
     assert errors == [], errors
     # every figure and page of the report displays (the heatmap, curves, bar chart, tables)
     assert any(p.endswith("relation_bias.svg") for p in shown) and any(p.endswith("summary.html") for p in shown)
     assert all(shown.values()), shown
+    # at 1400 px the method table ends left of the workflow graph, and every figure fits
+    front = layout["front"]
+    assert front is not None, "the front page's table or workflow graph did not render"
+    graph_left = front["graph"][0]
+    assert front["table"][2] <= graph_left, front
+    assert all(cell[2] <= graph_left for cell in front["last_column"]), front
+    # (shown at its own size: a wider figure is shrunk to the page, its labels with it)
+    curves = {p: v for p, v in layout["images"].items() if "/curves/" in p}
+    assert curves, layout["images"]
+    for path, fit in curves.items():
+        assert fit is not None and fit["right"] <= fit["window"] and fit["shown"] >= fit["own"] - 1, (path, fit)
+    stats = json.loads((demo_run / "results/demo/processed/stats.json").read_text())
+    dataset_page = (demo_run / "results/demo/report/dataset.html").read_text()
+    assert f"<td>{stats['sparsity']:.4%}</td>" in dataset_page and repr(stats["sparsity"]) not in dataset_page
 
     methods = pd.read_csv(demo_run / "results" / "demo" / "summary_methods.csv")
     assert {"full", "popularity", "itemknn", "ease", "multivae"} <= set(methods["method"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -317,3 +318,38 @@ def test_report_metric_names_are_the_evaluated_ones():
     from llm4rec.report import METRICS as reported
 
     assert reported == evaluated
+
+
+def test_training_curves_fit_the_report_and_legends_cover_no_curve(tmp_path):
+    """Three seeds: each legend lies outside its plot and inside the figure, and the SVG is at
+    most 7 inches (672 px) wide, what the report's page shows beside a caption at 1400 px."""
+    from llm4rec.report import FIGURE_WIDTH_IN, training_curves_figure
+
+    pre = pd.DataFrame(
+        {
+            "epoch": [0, 1, 2, 3],
+            "kind": ["content", "collab", "collab", "content"],
+            "loss": [8.0, 6.0, 5.0, 4.0],
+            "reg": 0.0,
+            "seconds": 1.0,
+        }
+    )
+    fin = pd.DataFrame(
+        {"epoch": [0, 1], "loss": [3.0, 2.0], **{f"val_{k}": [0.1, 0.2] for k in METRICS}, "val_score": [0.3, 0.6]}
+    )
+    fig = training_curves_figure("full", {s: {"pretrain": pre, "finetune": fin} for s in range(3)})
+    fig.canvas.draw()
+    whole = fig.bbox
+    legends = 0
+    for ax in fig.axes:
+        legend = ax.get_legend()
+        if legend is None:
+            continue
+        legends += 1
+        box, plot = legend.get_window_extent(), ax.get_window_extent()
+        assert not box.overlaps(plot), (ax.get_title(), box, plot)
+        assert whole.x0 <= box.x0 and box.x1 <= whole.x1 and whole.y0 <= box.y0, (ax.get_title(), box, whole)
+    assert legends == 3
+    fig.savefig(tmp_path / "c.svg")
+    width = re.search(r'<svg[^>]* width="([\d.]+)pt"', (tmp_path / "c.svg").read_text()).group(1)
+    assert float(width) <= FIGURE_WIDTH_IN * 72 <= 7 * 72

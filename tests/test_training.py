@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -349,3 +350,142 @@ def test_micro_batched_step_equals_one_batch(tmp_path, step, monkeypatch):
     for n, p in model.named_parameters():
         if n in full:
             torch.testing.assert_close(p.grad, full[n], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_logs_tell_early_stop_best_epoch_and_test_metrics(ci_copy):
+    """A learning rate too small to change any score: epoch 1 is no better than epoch 0, so
+    fine-tuning stops early (patience 1) and keeps epoch 0; every log says it in plain lines."""
+    work = ci_copy
+    (work / "stop.yaml").write_text("finetune: {epochs: 4, lr: 1.0e-12, batch_size: 32, patience: 1}\n")
+    snakemake(work, f"{CI_RUN}/metrics.json", "--cores", "1", *CI_CONFIG, "stop.yaml")
+    logs = work / "logs/demo/full-s0"
+    ft = (logs / "finetune.log").read_text()
+    assert "finetune: stopped early after epoch 1 (2 of 4 epochs)" in ft, ft[-3000:]
+    assert "keeping the best epoch, 0" in ft
+    metrics = json.loads((work / CI_RUN / "metrics.json").read_text())
+    assert metrics["epoch"] == 0
+    epoch_lines = [line for line in ft.splitlines() if "finetune epoch 1:" in line and "validation" in line]
+    assert len(epoch_lines) == 1 and "no improvement 1/1" in epoch_lines[0]
+    pre = (logs / "pretrain.log").read_text()
+    summaries = [line for line in (ft + pre).splitlines() if "epoch" in line and "loss" in line]
+    assert summaries and not [line for line in summaries if "{" in line or re.search(r"\d\.\d{6}", line)]
+    ev = (logs / "evaluate.log").read_text()
+    recall = metrics["test"]["Recall@20"]
+    assert f"test ({metrics['test']['users']} users, weights of fine-tuning epoch 0)" in ev
+    assert f"Recall@20 {recall:.4g}," in ev
+
+
+def _damage(path: Path, how: str) -> None:
+    """A damaged checkpoint file as a full disk or a crash outside the atomic rename leaves it."""
+    if how == "header too large":  # safetensors' first 8 bytes: the header length
+        path.write_bytes((1 << 40).to_bytes(8, "little") + path.read_bytes()[8:])
+    elif how == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        path.write_bytes(b"")
+
+
+@pytest.mark.parametrize(
+    ("name", "how"),
+    [
+        ("last/model.safetensors", "header too large"),
+        ("last/model.safetensors", "truncated"),
+        ("last/optimizer-m.pt", "truncated"),
+        ("last/rng.pt", "empty"),
+        ("last/state.json", "truncated"),
+        ("best/model.safetensors", "header too large"),
+    ],
+)
+def test_a_damaged_checkpoint_is_named_and_the_stage_starts_over(tmp_path, caplog, name, how):
+    """No half-restored model: the warning names the file, the folder goes, and the fresh
+    model and optimizer are untouched (so the next load does not meet the same file)."""
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    ckpt = Checkpoint(tmp_path / "stage.ckpt", "abc")
+    ckpt.save(model, {"m": opt}, TrainingState(epoch=0, best_score=1.0, best_epoch=0), improved=True)
+    _damage(ckpt.dir / name, how)
+    fresh = torch.nn.Linear(3, 2)
+    before = fresh.weight.detach().clone()
+    fresh_opt = torch.optim.Adam(fresh.parameters(), lr=0.1)
+    with caplog.at_level("WARNING", logger="llm4rec.checkpoint"):
+        assert Checkpoint(ckpt.dir, "abc").load(fresh, {"m": fresh_opt}) is None
+    assert str(ckpt.dir / name) in caplog.text and "starting the stage over" in caplog.text
+    assert not ckpt.dir.exists()
+    assert torch.equal(fresh.weight, before) and not fresh_opt.state_dict()["state"]
+
+
+@pytest.mark.slow
+def test_a_damaged_checkpoint_does_not_block_the_rerun(ci_copy):
+    """Killed after a fine-tuning epoch, its saved weights then damaged: the rerun names the
+    file, starts fine-tuning over and ends with the metrics of an uninterrupted run."""
+    work = ci_copy
+    reference = json.loads((work / CI_RUN / "metrics.json").read_text())
+    target = f"{CI_RUN}/metrics.json"
+    _without_finetune_outputs(work)
+    proc = _start(work, target, "--cores", "1", *CI_CONFIG)
+    _kill_after_first_epoch(work, proc, "finetune")
+    damaged = work / CI_RUN / "finetune.ckpt/last/model.safetensors"
+    _damage(damaged, "header too large")
+    snakemake(work, "--unlock", *CI_CONFIG)
+    snakemake(work, target, "--cores", "1", *CI_CONFIG, "--rerun-incomplete")
+    log = (work / "logs/demo/full-s0/finetune.log").read_text()
+    assert f"{CI_RUN}/finetune.ckpt/last/model.safetensors is damaged" in log
+    assert "finetune: starting at epoch 0" in log and "resuming" not in log
+    assert json.loads((work / target).read_text()) == reference
+
+
+LAUNCH = Path(__file__).resolve().parents[1] / "workflow" / "scripts" / "launch.sh"
+
+
+@pytest.mark.parametrize(("given", "seen"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_launcher_makes_openmp_wait_passively_unless_told(tmp_path, given, seen):
+    """A real `accelerate launch` through launch.sh: its child process sees OMP_WAIT_POLICY
+    PASSIVE (spinning threads starve other jobs on shared cores), or the caller's own policy."""
+    script = tmp_path / "show.py"
+    out = tmp_path / "seen.txt"
+    script.write_text(f"import os\nopen({str(out)!r}, 'w').write(os.environ.get('OMP_WAIT_POLICY', 'unset'))\n")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    if given:
+        env["OMP_WAIT_POLICY"] = given
+    proc = subprocess.run(["bash", str(LAUNCH), "0", "1", str(script)], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_text() == seen
+    assert f"OMP_WAIT_POLICY {seen}" in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_second_run_of_a_training_stage_stops_naming_the_first(ci_copy):
+    """Snakemake's file persistence removes `.snakemake/locks` whenever any run ends (README,
+    notes), so a second `snakemake` on the same target starts the same fine-tuning: it must stop
+    at once, naming the first, which then ends as if alone (12 epochs, so that it still runs
+    when the second arrives)."""
+    work = ci_copy
+    target = f"{CI_RUN}/metrics.json"
+    _without_finetune_outputs(work)
+    (work / "long.yaml").write_text("finetune: {epochs: 12, lr: 0.001, batch_size: 32, patience: 12}\n")
+    args = (target, "--cores", "1", *CI_CONFIG, "long.yaml")
+    first = _start(work, *args)
+    lock = work / CI_RUN / "finetune.lock"
+    deadline = time.time() + 600
+    while not (lock.is_file() and lock.read_text()) and time.time() < deadline and first.poll() is None:
+        time.sleep(0.05)
+    holder = lock.read_text().split(" since ", 1)[0]
+    assert holder.startswith("pid "), holder
+    shutil.rmtree(work / ".snakemake" / "locks")  # what another run's end does (upstream)
+    second = snakemake(work, *args, check=False)
+    assert first.poll() is None, "the first run ended before the second reached fine-tuning"
+    log = (work / "logs/demo/full-s0/finetune.log").read_text(errors="replace")
+    assert second.returncode != 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert f"the finetune stage of {CI_RUN} is being written by another process ({holder} since" in log, (
+        log[-5000:] + second.stderr[-3000:]
+    )
+    assert f"lock file {CI_RUN}/finetune.lock" in log
+    assert first.wait(timeout=1800) == 0, first.communicate()[0][-3000:]
+    history = pd.read_csv(work / CI_RUN / "finetune" / "history.csv")
+    assert history["epoch"].tolist() == list(range(12))
+    assert json.loads((work / target).read_text())["epoch"] in range(12)
+    assert not lock.exists()

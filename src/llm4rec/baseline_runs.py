@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from llm4rec.baselines import EASE_LAMBDAS, ItemKNN, Popularity, fit_ease_grid, train_multivae
+from llm4rec.logutil import readable
 from llm4rec.metrics import METRICS, RankingEvaluator, selection_score
 from llm4rec.preprocess import load_processed, write_recommendations
 
@@ -74,7 +75,7 @@ def run_baseline(
             train,
             val,
             lambdas=s.get("lambdas", EASE_LAMBDAS),
-            max_memory_gb=s.get("max_memory_gb", 8.0),
+            max_memory_gb=s.get("max_memory_gb", "auto"),
             batch_size=batch_size,
         )
         history = pd.DataFrame(grid)
@@ -105,7 +106,7 @@ def run_baseline(
         model = (Popularity() if name == "popularity" else ItemKNN(k_neighbors=s.get("k_neighbors"))).fit(train)
         val_res = RankingEvaluator(train, val, batch_size=batch_size).evaluate(model.score)
         val_metrics = _val_metrics(val_res.metrics)
-        log.info("%s: fit and validation in %.1f s: %s", name, time.perf_counter() - t0, val_metrics)
+        log.info("%s: fit and validation in %.1f s: %s", name, time.perf_counter() - t0, readable(val_metrics))
         history = pd.DataFrame([{**val_metrics, "selection": selection_score(val_metrics)}])
         extra = {"k_neighbors": s.get("k_neighbors")} if name == "itemknn" else {}
         score_fn = model.score
@@ -114,6 +115,7 @@ def run_baseline(
         res_test = RankingEvaluator(train, test, batch_size=batch_size).evaluate(score_fn, top_n=top_k)
     log.info("%s: test evaluation in %.1f s (%.1f s in all)", name, time.perf_counter() - t1, time.perf_counter() - t0)
     test_metrics = {**{k: float(res_test.metrics[k]) for k in METRICS}, "users": int(res_test.metrics["users"])}
+    log.info("%s: test (%d users): %s", name, test_metrics["users"], readable({k: test_metrics[k] for k in METRICS}))
     metrics = {"test": test_metrics, "val": val_metrics, "epoch": epoch, "baseline": name, **extra}
     if name == "multivae":
         metrics["seed"] = int(seed)

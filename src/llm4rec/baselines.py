@@ -20,6 +20,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
+from llm4rec.memory import AUTO, ease_limit_gb, ease_memory_bytes
 from llm4rec.metrics import (
     DEFAULT_KS_NDCG,
     DEFAULT_KS_RECALL,
@@ -147,19 +148,14 @@ class EASEMemoryError(MemoryError):
     """EASE's dense item x item matrices would exceed the configured memory limit."""
 
 
-def ease_memory_bytes(n_items: int) -> int:
-    """Peak estimate for EASE: Gram matrix and its inverse in float64, two float32 B
-    (the grid keeps the best model while fitting the next)."""
-    return int(n_items) ** 2 * (8 + 8 + 4 + 4)
-
-
-def _check_ease_memory(n_items: int, max_memory_gb: float) -> None:
+def _check_ease_memory(n_items: int, max_memory_gb: float | str) -> None:
     need = ease_memory_bytes(n_items)
-    if need > max_memory_gb * 1e9:
+    limit, why = ease_limit_gb(max_memory_gb)
+    if need > limit * 1e9:
         raise EASEMemoryError(
             f"EASE needs dense item x item matrices: {n_items} items -> about {need / 1e9:.1f} GB "
-            f"(limit max_memory_gb={max_memory_gb:g}). Raise the limit on a larger machine, or "
-            "use ItemKNN / Multi-VAE for this dataset."
+            f"(limit {limit:.1f} GB, {why}). Run it on a larger machine (or give the job more memory), "
+            "or use ItemKNN / Multi-VAE for this dataset."
         )
 
 
@@ -167,15 +163,16 @@ class EASE:
     """EASE (Steck 2019): B = I - P diag(1/diag(P)), P = (X^T X + lambda I)^-1, score = X_u B.
 
     The closed form needs dense item x item matrices; :meth:`fit` checks the estimate of
-    :func:`ease_memory_bytes` against ``max_memory_gb`` before allocating anything and
-    raises :class:`EASEMemoryError` instead of running out of memory.
+    :func:`ease_memory_bytes` against ``max_memory_gb`` (a number of GB, or ``auto``: a share
+    of the memory this job can use, `llm4rec.memory`) before allocating anything and raises
+    :class:`EASEMemoryError` instead of running out of memory.
     """
 
-    def __init__(self, l2: float = 500.0, max_memory_gb: float = 8.0) -> None:
+    def __init__(self, l2: float = 500.0, max_memory_gb: float | str = AUTO) -> None:
         if l2 <= 0:
             raise ValueError("l2 must be > 0")
         self.l2 = float(l2)
-        self.max_memory_gb = float(max_memory_gb)
+        self.max_memory_gb = max_memory_gb
         self.train: sp.csr_matrix | None = None
         self.weights: np.ndarray | None = None
 
@@ -260,7 +257,7 @@ def fit_ease_grid(
     train_csr: sp.spmatrix,
     val_csr: sp.spmatrix,
     lambdas: Sequence[float] = EASE_LAMBDAS,
-    max_memory_gb: float = 8.0,
+    max_memory_gb: float | str = AUTO,
     batch_size: int = 1024,
 ) -> tuple[EASE, list[dict[str, float]]]:
     """Choose EASE's L2 weight on validation by Recall@20 + Recall@40 + NDCG@100.

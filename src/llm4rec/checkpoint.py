@@ -13,15 +13,28 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import pickle  # for its exception class only: nothing here unpickles
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors import SafetensorError
+from safetensors.torch import load_file, load_model, save_model
 
 from .download import sha256_file
+
+log = logging.getLogger("llm4rec.checkpoint")
+
+# What reading a damaged checkpoint file raises (safetensors, torch's zip reader, the
+# weights-only unpickler, a state.json of the wrong shape).
+_DAMAGED = (SafetensorError, OSError, ValueError, RuntimeError, EOFError, KeyError, TypeError, pickle.UnpicklingError)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that read back but could not be restored; it was removed."""
 
 
 def fingerprint(settings: dict, version: str, inputs: list[str | Path]) -> str:
@@ -73,23 +86,74 @@ class Checkpoint:
         self.fingerprint = fingerprint
 
     def load(self, model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer]) -> TrainingState | None:
-        """Restore the last state when it matches this run; otherwise clear the folder."""
-        meta_path = self.dir / "last" / "state.json"
+        """Restore the last state when it matches this run; otherwise clear the folder.
+
+        Every file is read and checked before anything is restored, so that a damaged one
+        (a full disk, a machine that died mid-write outside the atomic rename) is named in a
+        warning and the stage starts over from a fresh model, instead of failing on the same
+        file at every rerun. Should restoring still fail, the folder is removed before the
+        error is raised, so the next run starts over.
+        """
+        last = self.dir / "last"
+        meta_path = last / "state.json"
         if not meta_path.is_file():
             self.clear()
             return None
-        meta = json.loads(meta_path.read_text())
-        if meta.get("fingerprint") != self.fingerprint:
+        try:
+            meta = json.loads(meta_path.read_text())
+            stored = meta.get("fingerprint")
+        except (OSError, ValueError, AttributeError) as exc:
+            return self._unreadable(meta_path, exc)
+        if stored != self.fingerprint:
             self.clear()
             return None
-        _load_weights(model, self.dir / "last" / "model.safetensors")
-        for name, opt in optimizers.items():
-            opt.load_state_dict(torch.load(self.dir / "last" / f"optimizer-{name}.pt", weights_only=True))
-        rng = torch.load(self.dir / "last" / "rng.pt", weights_only=True)
-        torch.set_rng_state(rng["cpu"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        return TrainingState(**meta["state"])
+        current = meta_path
+        try:
+            state = TrainingState(**meta["state"])
+            current = last / "model.safetensors"
+            load_file(current)
+            opt_states = {}
+            for name in optimizers:
+                current = last / f"optimizer-{name}.pt"
+                opt_states[name] = torch.load(current, weights_only=True)
+            current = last / "rng.pt"
+            rng = torch.load(current, weights_only=True)
+            if not isinstance(rng, dict) or "cpu" not in rng:
+                raise ValueError("no CPU random state in it")
+            if state.best_epoch >= 0:
+                current = self.best_weights()
+                load_file(current)
+        except _DAMAGED as exc:
+            return self._unreadable(current, exc)
+        try:
+            current = last / "model.safetensors"
+            _load_weights(model, current)
+            for name, opt in optimizers.items():
+                current = last / f"optimizer-{name}.pt"
+                opt.load_state_dict(opt_states[name])
+            current = last / "rng.pt"
+            torch.set_rng_state(rng["cpu"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+        except _DAMAGED as exc:
+            self.clear()
+            raise CheckpointError(
+                f"{current}: cannot restore this checkpoint ({type(exc).__name__}: {exc}); it was removed, "
+                "the next run starts the stage over"
+            ) from exc
+        return state
+
+    def _unreadable(self, path: Path, exc: BaseException) -> None:
+        """Warn, naming the file, and clear the folder: the stage starts over."""
+        log.warning(
+            "%s is damaged (%s: %s); removing %s and starting the stage over",
+            path,
+            type(exc).__name__,
+            str(exc).splitlines()[0] if str(exc) else "",
+            self.dir,
+        )
+        self.clear()
+        return None
 
     def save(
         self, model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer], state: TrainingState, improved: bool
@@ -125,6 +189,18 @@ class Checkpoint:
 
     def best_weights(self) -> Path:
         return self.dir / "best" / "model.safetensors"
+
+    def load_best(self, model: torch.nn.Module) -> None:
+        """Load ``best/`` into ``model``; a damaged file is named and the folder removed, so
+        that the rerun starts the stage over rather than failing on it again."""
+        try:
+            _load_weights(model, self.best_weights())
+        except _DAMAGED as exc:
+            self.clear()
+            raise CheckpointError(
+                f"{self.best_weights()}: the best weights are damaged ({type(exc).__name__}: {exc}); the "
+                "checkpoint was removed, the next run starts the stage over"
+            ) from exc
 
     def clear(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -311,3 +311,33 @@ def check_config(config: Mapping[str, Any]) -> None:
     check_precision(config)
     check_backbone_layers(config)
     check_backbone(model["backbone"], model["attn_implementation"], model.get("backbone_revision"))
+
+
+def check_ease_memory(config: Mapping[str, Any], local: bool = True) -> None:
+    """EASE's dense item x item matrices must fit its memory limit: told at start, not after
+    the other jobs ran. The catalog size is known once the dataset is preprocessed (its
+    `stats.json`); before that the EASE job checks it first thing. With ``max_memory_gb: auto``
+    and jobs on other machines (a cluster), their memory decides, so only a number is checked."""
+    baselines = config.get("baselines", {})
+    if "ease" not in baselines.get("run", []):
+        return
+    from .memory import AUTO, catalog_size, ease_limit_gb, ease_need_gb
+
+    setting = baselines.get("ease", {}).get("max_memory_gb", AUTO)
+    if setting == AUTO and not local:
+        return
+    stats = Path("results") / str(config["dataset"]) / "processed" / "stats.json"
+    n_items = catalog_size(stats)
+    if n_items is None:
+        return
+    try:
+        limit, why = ease_limit_gb(setting)
+    except ValueError as e:
+        raise ConfigError(f"config: {e}") from None
+    need = ease_need_gb(n_items)
+    if need > limit:
+        raise ConfigError(
+            f"config: baselines.ease.max_memory_gb: EASE needs about {need:.3g} GB for the {n_items} items of "
+            f"{stats}, over its limit of {limit:.3g} GB ({why}).\n  (run on a machine with more memory, set "
+            "max_memory_gb, or remove ease from baselines.run)"
+        )

@@ -34,6 +34,8 @@ import requests
 import urllib3.exceptions
 from tqdm import tqdm
 
+from .locking import exclusive
+
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1 << 20
@@ -429,10 +431,27 @@ def fetch(
     with exponential backoff (``backoff * 2**k`` seconds, at most ``retries`` retries), and
     fails at once, naming where to place the file by hand, on a refused connection, an unknown
     host or a 4xx answer. ``sha256``/``size`` are verified when given, gzip and JSON-lines
-    content always; the returned record is what a config can pin next time.
+    content always; the returned record is what a config can pin next time. The download
+    holds ``<dest>.part.lock`` throughout: a second process fetching the same file at the
+    same time stops at once with :class:`llm4rec.locking.LockedError` naming the first.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive(dest.with_name(dest.name + ".part.lock"), f"the download of {dest}"):
+        return _fetch(url, dest, sha256, size, retries, backoff, timeout, progress)
+
+
+def _fetch(
+    url: str,
+    dest: Path,
+    sha256: str | None,
+    size: int | None,
+    retries: int,
+    backoff: float,
+    timeout: float,
+    progress: bool,
+) -> dict:
+    """:func:`fetch` once it holds the download's lock (no other process writes ``.part``)."""
     hand = by_hand_path(dest)
     if hand.is_file():
         return _use_by_hand(hand, dest, url, sha256, size, progress)

@@ -20,10 +20,11 @@ import torch
 from .collate import MICRO_BATCH_TOKENS, EdgeAwareCollator, global_batches, micro_batches
 from .encoding import build_eval_examples
 from .graph import RelationIndex
+from .logutil import readable
 from .metrics import METRICS, RankingEvaluator
 from .model import EdgeAwareRecModel, max_length
 from .preprocess import Processed, write_recommendations
-from .stage import RunSettings, StagePaths, parse_args, start
+from .stage import RunSettings, StagePaths, parse_args, stage_lock, start
 from .tokenization import pad_token_id
 
 log = logging.getLogger("llm4rec.evaluation")
@@ -47,10 +48,11 @@ class Scorer:
         self.batch_size = batch_size
         self.max_tokens = max(MICRO_BATCH_TOKENS, int(self.examples.lengths().max()))
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def __call__(self, uids: np.ndarray) -> torch.Tensor:
         """Scores `[len(uids), n_items]`, computed in length-sorted micro-batches (each
-        user's scores depend only on its own prompt, not on its batch-mates' lengths)."""
+        user's scores depend only on its own prompt, not on its batch-mates' lengths).
+        Inference mode: no autograd state at all, the cheapest way to run the backbone."""
         was_training = self.model.training
         self.model.eval()
         examples = [self.examples[int(u)] for u in uids]
@@ -108,6 +110,12 @@ def evaluate(
     res = evaluate_split(scorer, data, "test", acc, top_n=e.top_k)
     best = json.loads((paths.finetuned / "best.json").read_text())
     out = {"test": res["metrics"], "val": {**best["val"]}, "epoch": best["epoch"]}
+    log.info(
+        "test (%d users, weights of fine-tuning epoch %d): %s",
+        res["metrics"]["users"],
+        best["epoch"],
+        readable({k: res["metrics"][k] for k in METRICS}),
+    )
     if acc.is_main_process:
         metrics_path.write_text(json.dumps(out, indent=2) + "\n")
         write_recommendations(res["top_k"], recommendations_path, paths.processed)
@@ -140,9 +148,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         ckpt=args.metrics.parent / "evaluate.ckpt",
         finetuned=args.finetuned,
     )
-    evaluate(
-        paths, RunSettings.from_dict(args.settings), args.metrics, args.recommendations, args.per_user, args.threads
-    )
+    with stage_lock(args.metrics.parent, "evaluate"):
+        evaluate(
+            paths, RunSettings.from_dict(args.settings), args.metrics, args.recommendations, args.per_user, args.threads
+        )
 
 
 if __name__ == "__main__":

@@ -7,8 +7,9 @@ import logging
 import sys
 import time
 import traceback
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -94,3 +95,17 @@ def progress(
     if sys.stderr.isatty():
         return tqdm(iterable, desc=desc, total=total, mininterval=2.0, leave=False)
     return _LogProgress(iterable, desc, total, logger or logging.getLogger("llm4rec.progress"))
+
+
+def readable(values: Mapping[str, Any]) -> str:
+    """``loss 0.1235, Recall@20 0.3457, 12.3 s``: one log line of a summary dict, floats to 4
+    significant digits and seconds to a tenth (a raw dict prints 16 digits and quotes)."""
+    parts = []
+    for key, value in values.items():
+        if key == "seconds" and isinstance(value, (int, float)):
+            parts.append(f"{value:.1f} s")
+        elif isinstance(value, float):
+            parts.append(f"{key} {value:.4g}")
+        else:
+            parts.append(f"{key} {value}")
+    return ", ".join(parts)

@@ -281,9 +281,34 @@ def plot_methods(methods: pd.DataFrame, summary: pd.DataFrame, path: str | Path)
     plt.close(fig)
 
 
+# Figures at most this wide (inches; 72 pt each in SVG, 96 px per inch on screen): a result
+# shows beside its caption, which takes half the window, so at 1400 px about 676 px are left.
+FIGURE_WIDTH_IN = 7.0
+
+
+def _legend_below(ax) -> None:
+    """The axes' legend under its x axis label, in columns, outside the plotted area."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(frameon=False, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=min(3, len(handles)))
+
+
 def plot_training_curves(method: str, histories: Mapping[int, Mapping[str, pd.DataFrame]], path: str | Path) -> None:
-    """Pre-training loss, fine-tuning loss and validation metrics per epoch, one line per seed."""
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    """:func:`training_curves_figure`, saved to ``path``."""
+    fig = training_curves_figure(method, histories)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def training_curves_figure(method: str, histories: Mapping[int, Mapping[str, pd.DataFrame]]):
+    """Pre-training loss, fine-tuning loss and validation metrics per epoch, one line per seed.
+
+    FIGURE_WIDTH_IN wide (the losses side by side, validation under them), so that it fits the
+    report's page beside a result's caption at 1400 px; the legends sit under their plots, where
+    they cover no curve whatever the number of seeds."""
+    fig = plt.figure(figsize=(FIGURE_WIDTH_IN, 6.4), layout="constrained")
+    grid = fig.subplot_mosaic([["pre", "fin"], ["val", "val"]])
+    axes = [grid["pre"], grid["fin"], grid["val"]]
     colors = dict(zip(METRICS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     for seed, h in sorted(histories.items()):
         pre, fin = h.get("pretrain"), h.get("finetune")
@@ -318,17 +343,14 @@ def plot_training_curves(method: str, histories: Mapping[int, Mapping[str, pd.Da
     axes[2].set(title="validation (dotted: best epoch)", xlabel="epoch")
     for ax in axes:
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(frameon=False, fontsize=7)
+        _legend_below(ax)
     fig.suptitle(method)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    return fig
 
 
 def plot_multivae_curves(histories: Mapping[int, pd.DataFrame], path: str | Path) -> None:
     """Multi-VAE: training loss and KL weight, validation metrics per epoch, one line per seed."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(FIGURE_WIDTH_IN, 3.4), layout="constrained")
     colors = dict(zip(METRICS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     beta_ax = axes[0].twinx()
     for seed, h in sorted(histories.items()):
@@ -344,9 +366,8 @@ def plot_multivae_curves(histories: Mapping[int, pd.DataFrame], path: str | Path
     axes[1].set(title="validation (dotted: best epoch)", xlabel="epoch")
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend(frameon=False, fontsize=7)
+        _legend_below(ax)
     fig.suptitle("multivae")
-    fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
@@ -468,7 +489,7 @@ def dataset_stats_html(dataset: str, processed: Mapping[str, Any], graph: Mappin
         "users": processed.get("users"),
         "items": processed.get("items"),
         "interactions": processed.get("interactions"),
-        "sparsity": processed.get("sparsity"),
+        "sparsity": None if processed.get("sparsity") is None else f"{processed['sparsity']:.4%}",
         **{f"{k} interactions": v for k, v in processed.get("per_split", {}).items()},
         "graph nodes": graph.get("nodes"),
         "graph edges (train)": graph.get("edges"),

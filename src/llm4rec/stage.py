@@ -13,9 +13,11 @@ here never change it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from typing import Any
 import torch
 
 from .graph import RelationIndex
+from .locking import exclusive
 from .model import ModelSettings
 from .preprocess import Processed, load_processed
 from .tokenization import backbone_tokenizer
@@ -140,6 +143,19 @@ def start(paths: StagePaths, settings: RunSettings, threads: int | None):
     acc = make_accelerator(settings.seed, threads)
     data: Processed = load_processed(paths.processed)
     return acc, data, load_index(m, paths.graph), backbone_tokenizer(m.backbone, paths.tokenizer)
+
+
+@contextlib.contextmanager
+def stage_lock(run_dir: Path, stage: str) -> Iterator[None]:
+    """Hold ``{run_dir}/{stage}.lock`` while the stage runs (`locking.exclusive`), so that a
+    second run of the same stage, which Snakemake's locks may let through, stops at once
+    instead of writing the same checkpoint and outputs. Only the first process of a launch
+    (rank 0) takes it: the others of the same launch are not a second run."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield
+        return
+    with exclusive(Path(run_dir) / f"{stage}.lock", f"the {stage} stage of {run_dir}"):
+        yield
 
 
 def parse_args(

@@ -28,10 +28,10 @@ from .checkpoint import Checkpoint, TrainingState
 from .collate import MICRO_BATCH_TOKENS, EdgeAwareCollator, global_batches, micro_batches
 from .encoding import GRAPH_KINDS, Examples, build_collab_examples, build_finetune_examples
 from .evaluation import METRICS, Scorer, evaluate_split
-from .logutil import progress
+from .logutil import progress, readable
 from .metrics import selection_score
 from .model import EdgeAwareRecModel, build_model, max_length
-from .stage import PretrainSettings, RunSettings, StagePaths, parse_args, start
+from .stage import PretrainSettings, RunSettings, StagePaths, parse_args, stage_lock, start
 from .tokenization import pad_token_id
 
 log = logging.getLogger("llm4rec.training")
@@ -274,8 +274,8 @@ def pretrain(paths: StagePaths, settings: RunSettings, fingerprint: str, threads
         else:
             row = _epoch(steps, acc, opts["collab"], collab, collate, p.batch_collab, "collab", True, label)
         if row is not None:
+            log.info("%s: %s", label, readable(row))
             row = {"epoch": epoch, "kind": kind, **row}
-            log.info("%s", row)
             state.history.append(row)
         state.epoch = epoch
         if acc.is_main_process:
@@ -337,16 +337,25 @@ def finetune(paths: StagePaths, settings: RunSettings, fingerprint: str, threads
         else:
             state.bad_epochs += 1
         row = {"epoch": epoch, **row, **{f"val_{k}": val[k] for k in METRICS}, "val_score": score}
-        log.info("%s", row)
+        verdict = "best so far" if improved else f"no improvement {state.bad_epochs}/{f.patience}"
+        log.info(
+            "finetune epoch %d: %s; validation %s, score %.4f (%s)",
+            epoch,
+            readable({k: row[k] for k in ("loss", "seconds")}),
+            readable({k: val[k] for k in METRICS}),
+            score,
+            verdict,
+        )
         state.history.append(row)
         state.epoch = epoch
         if acc.is_main_process:
             ckpt.save(_unwrap(acc, steps).model, {"rec": _unwrap_opt(opt)}, state, improved)
         acc.wait_for_everyone()
+    _log_finetune_end(state, f.epochs, f.patience)
     if acc.is_main_process:
         model = _unwrap(acc, steps).model
         if ckpt.best_weights().is_file():
-            model.load_weights(ckpt.best_weights())
+            ckpt.load_best(model)
         model.save(paths.out)
         pd.DataFrame(state.history).to_csv(paths.out / "history.csv", index=False)
         best = next(r for r in state.history if r["epoch"] == state.best_epoch)
@@ -356,6 +365,19 @@ def finetune(paths: StagePaths, settings: RunSettings, fingerprint: str, threads
         ckpt.clear()
     acc.wait_for_everyone()
     acc.end_training()
+
+
+def _log_finetune_end(state: TrainingState, epochs: int, patience: int) -> None:
+    """Say why fine-tuning ended (early stop or the last epoch) and which epoch it keeps."""
+    ran = state.epoch + 1
+    if ran < epochs:
+        why = (
+            f"stopped early after epoch {state.epoch} ({ran} of {epochs} epochs): no better "
+            f"validation score in {state.bad_epochs} epochs (patience {patience})"
+        )
+    else:
+        why = f"ran all {epochs} epochs"
+    log.info("finetune: %s; keeping the best epoch, %d (score %.4f)", why, state.best_epoch, state.best_score)
 
 
 def _resume(ckpt: Checkpoint, model: nn.Module, opts: dict, stage: str) -> TrainingState:
@@ -415,7 +437,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         pretrained=getattr(args, "pretrained", None),
     )
     stage = pretrain if args.stage == "pretrain" else finetune
-    stage(paths, RunSettings.from_dict(args.settings), fingerprint(args.settings, args.version, inputs), args.threads)
+    with stage_lock(args.out.parent, args.stage):
+        stage(
+            paths, RunSettings.from_dict(args.settings), fingerprint(args.settings, args.version, inputs), args.threads
+        )
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """Baselines on the same split and metrics, fitted on train only (docs/method.md 7.5)."""
 
+from llm4rec.memory import ease_mem_mb
+
 
 rule baseline:
     input:
@@ -17,14 +19,23 @@ rule baseline:
         "benchmarks/{dataset}/baselines/{name}.tsv"
     wildcard_constraints:
         name="|".join(DETERMINISTIC_BASELINES),
+    # Early: should EASE's memory not suffice, its check fails before the training jobs ran.
+    priority: 10
     conda:
         "../../envs/llm4rec.yaml"
     # EASE's Cholesky inverses (n^3 flops per lambda) are the one baseline step that scales
     # with cores; the rest is single-threaded work.
     threads: lambda wc: 2 if wc.name == "ease" else 1
+    # EASE: the configured limit, or with `auto` what the catalog needs (once preprocessed)
+    # plus 2 GB (llm4rec.memory.ease_mem_mb).
     resources:
         mem_mb=lambda wc: (
-            int(BASELINE_SETTINGS.get("ease", {}).get("max_memory_gb", 8) * 1000 + 2000) if wc.name == "ease" else 4000
+            ease_mem_mb(
+                BASELINE_SETTINGS.get("ease", {}).get("max_memory_gb", "auto"),
+                f"results/{wc.dataset}/processed/stats.json",
+            )
+            if wc.name == "ease"
+            else 4000
         ),
     params:
         settings=baseline_settings,

@@ -15,6 +15,9 @@ case "$mixed" in
     no|bf16|fp16) ;;
     *) echo "launch.sh: --mixed_precision must be no, bf16 or fp16, got '$mixed'" >&2; exit 2 ;;
 esac
+# OpenMP threads that wait by spinning take the cores from every other job on a shared machine
+# (BENCHMARKS.md, "Training beside other work"): wait passively unless the caller chose a policy.
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 gpus=${1:-0}
 cpu=$2
 shift 2
@@ -24,5 +27,5 @@ if [ "$n" -gt 1 ]; then
     port=$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     args+=(--multi_gpu --main_process_port "$port")
 fi
-echo "launch.sh: $n process(es) (gpu resource: $gpus, mixed precision: $mixed)" >&2
+echo "launch.sh: $n process(es) (gpu resource: $gpus, mixed precision: $mixed, OMP_WAIT_POLICY $OMP_WAIT_POLICY)" >&2
 exec accelerate launch "${args[@]}" "$@"
