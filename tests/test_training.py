@@ -461,23 +461,25 @@ def test_launcher_makes_openmp_wait_passively_unless_told(tmp_path, given, seen)
 def test_a_second_run_of_a_training_stage_stops_naming_the_first(ci_copy):
     """Snakemake's file persistence removes `.snakemake/locks` whenever any run ends (README,
     notes), so a second `snakemake` on the same target starts the same fine-tuning: it must stop
-    at once, naming the first, which then ends as if alone (12 epochs, so that it still runs
-    when the second arrives)."""
+    at once, naming the first, which then ends as if alone. The first run is paused (SIGSTOP)
+    while it holds the lock, so that the second meets it whatever the machine's speed."""
     work = ci_copy
+    reference = json.loads((work / CI_RUN / "metrics.json").read_text())
     target = f"{CI_RUN}/metrics.json"
     _without_finetune_outputs(work)
-    (work / "long.yaml").write_text("finetune: {epochs: 12, lr: 0.001, batch_size: 32, patience: 12}\n")
-    args = (target, "--cores", "1", *CI_CONFIG, "long.yaml")
-    first = _start(work, *args)
+    first = _start(work, target, "--cores", "1", *CI_CONFIG)
     lock = work / CI_RUN / "finetune.lock"
     deadline = time.time() + 600
     while not (lock.is_file() and lock.read_text()) and time.time() < deadline and first.poll() is None:
-        time.sleep(0.05)
-    holder = lock.read_text().split(" since ", 1)[0]
-    assert holder.startswith("pid "), holder
-    shutil.rmtree(work / ".snakemake" / "locks")  # what another run's end does (upstream)
-    second = snakemake(work, *args, check=False)
-    assert first.poll() is None, "the first run ended before the second reached fine-tuning"
+        time.sleep(0.02)
+    os.killpg(first.pid, signal.SIGSTOP)
+    try:
+        holder = lock.read_text().split(" since ", 1)[0]
+        assert holder.startswith("pid "), holder
+        shutil.rmtree(work / ".snakemake" / "locks")  # what another run's end does (upstream)
+        second = snakemake(work, target, "--cores", "1", *CI_CONFIG, check=False)
+    finally:
+        os.killpg(first.pid, signal.SIGCONT)
     log = (work / "logs/demo/full-s0/finetune.log").read_text(errors="replace")
     assert second.returncode != 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert f"the finetune stage of {CI_RUN} is being written by another process ({holder} since" in log, (
@@ -485,7 +487,5 @@ def test_a_second_run_of_a_training_stage_stops_naming_the_first(ci_copy):
     )
     assert f"lock file {CI_RUN}/finetune.lock" in log
     assert first.wait(timeout=1800) == 0, first.communicate()[0][-3000:]
-    history = pd.read_csv(work / CI_RUN / "finetune" / "history.csv")
-    assert history["epoch"].tolist() == list(range(12))
-    assert json.loads((work / target).read_text())["epoch"] in range(12)
+    assert json.loads((work / target).read_text()) == reference
     assert not lock.exists()
