@@ -18,6 +18,7 @@ import torch
 import yaml
 from conftest import REPO, copy_checkout, planned_jobs, snakemake
 from test_backbones import path_graph, step_batches
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from llm4rec.backbone_store import SMOLLM2, BackboneError, backbone_name, cache_dir, fetch_wheel_member, materialize
 from llm4rec.collate import EdgeAwareCollator
@@ -111,6 +112,11 @@ def test_smollm2_content_loss_on_beauty_titles(smollm2, titles):
         losses.append(float(loss.detach()))
     assert losses[0] < 7, losses
     assert losses[-1] < losses[0] - 0.5, losses
+    torch.manual_seed(0)
+    config = AutoConfig.from_pretrained(folder)
+    random = EdgeAwareRecModel(AutoModelForCausalLM.from_config(config), 1, len(items), freeze_backbone=True)
+    with torch.no_grad():
+        assert float(random.content_step(batch, regularize=False)[0]) > 9  # the same shape, untrained
 
 
 def test_smollm2_edge_bias_reaches_every_layer(smollm2):
