@@ -147,12 +147,16 @@ def materialize(spec: str, out_dir: str | Path, revision: str | None = None) -> 
             source = _from_folder(spec, tmp)
         else:
             source = _from_gguf(spec, tmp)
+        try:
+            described = describe(tmp)
+        except BackboneError as e:
+            raise BackboneError(f"model.backbone {spec!r}: {e}") from None
         record = {
             "backbone": spec,
             "kind": kind,
             "requested_revision": revision,
             **source,
-            **describe(tmp),
+            **described,
             "llm4rec": __version__,
         }
     except BaseException:
