@@ -9,7 +9,7 @@ on `--batch` examples cut to `--max-len` tokens; tokens/s counts real (non-paddi
 
     make smollm2                      # the GGUF into the cache (materialized once here)
     .venv/bin/python bench/bench_pretrained.py --threads 1 --batch 16 --steps 2
-    .venv/bin/python bench/bench_pretrained.py --profile --layers 8
+    .venv/bin/python bench/bench_pretrained.py --profile --layers 8 --batch 32 --max-len 30 [--dtypes bfloat16]
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def main() -> None:
     ap.add_argument("--modes", default="frozen,lora")
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--smollm2", type=Path, default=ROOT / "bench" / "out" / "smollm2")
-    ap.add_argument("--profile", action="store_true", help="profile one frozen float32 content step")
+    ap.add_argument("--profile", action="store_true", help="profile one frozen content step (first --layers, --dtypes)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if not (BEAUTY / "items_titles.jsonl.gz").is_file():
@@ -132,13 +132,16 @@ def main() -> None:
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
-        layers = int(args.layers.split(",")[0])
-        model = EdgeAwareRecModel(load_backbone(folder), n_users, n_items, freeze_backbone=True, backbone_layers=layers)
+        layers, dtype = int(args.layers.split(",")[0]), args.dtypes.split(",")[0]
+        backbone = load_backbone(folder, dtype=dtype)
+        model = EdgeAwareRecModel(backbone, n_users, n_items, freeze_backbone=True, backbone_layers=layers)
         batch = batches(tok, model, train, items, index, args.batch, args.max_len)["content"]
         time_step(model, "content", batch, 1)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             time_step(model, "content", batch, 0)  # exactly one step
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+        total = sum(e.self_cpu_time_total for e in prof.key_averages()) / 1e6
+        print(f"one step: {total:.2f} s ({dtype}, {layers} blocks)")
         return
     with tempfile.TemporaryDirectory() as d:
         texts = [str(t) for t in items["title"].dropna()] + ["user has interacted with, will interact with"] * 50
