@@ -246,3 +246,24 @@ def test_beauty_config_plans_the_main_command(tmp_path):
     plan = planned_jobs(snakemake(work, "-n", "--configfile", "configs/beauty.yaml"))
     assert MAIN_RULES | {"import_local", "preprocess"} <= set(plan), plan
     assert "download" not in plan and "convert" not in plan
+
+
+@pytest.mark.skipif(not BEAUTY_DATA.is_dir(), reason=f"Amazon Beauty data folder {BEAUTY_DATA} is absent")
+def test_beauty_titles_and_notext_share_the_split(tmp_path):
+    """configs/beauty.yaml's `beauty` (titles) and `beauty_notext` (attributes alone) hold the
+    same interactions and split, so that with/without-text runs pair user by user (issue 23)."""
+    work = copy_checkout(tmp_path / "main")
+    (tmp_path / "shared").symlink_to(REPO.parent / "shared")
+    tables = {}
+    for name in ("beauty", "beauty_notext"):
+        snakemake(
+            work, "--cores", "1", "--configfile", "configs/beauty.yaml", "--config", f"dataset={name}",
+            "--until", "preprocess",
+        )  # fmt: skip
+        processed = work / "results" / name / "processed"
+        tables[name] = tuple(pd.read_parquet(processed / f) for f in ("interactions.parquet", "items.parquet"))
+    (inter, items), (inter_nt, items_nt) = tables["beauty"], tables["beauty_notext"]
+    assert len(inter) == 198_502
+    pd.testing.assert_frame_equal(inter, inter_nt)
+    pd.testing.assert_series_equal(items["item_id"], items_nt["item_id"])
+    assert items["title"].notna().sum() == 12_094 and items_nt["title"].isna().all()
