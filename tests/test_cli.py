@@ -1,4 +1,4 @@
-"""`llm4rec recommend` and friends as a user runs them: a real process on real run folders (issue 24)."""
+"""`llm4rec recommend` and friends as a user runs them: a real process on real run folders."""
 
 from __future__ import annotations
 

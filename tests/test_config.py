@@ -169,7 +169,7 @@ def test_unknown_key_is_named_in_a_short_message(work, tmp_path, settings, key):
     assert f"config: unknown key {key!r}" in text
 
 
-# --- issue 24, items 2 and 8: names, seeds and lists refused at start --------------------
+# --- names, seeds and lists refused at start ---------------------------------------------
 
 
 @pytest.mark.parametrize("name", ["popularity", "multivae"])
@@ -249,7 +249,7 @@ def test_a_yaml_alias_bomb_is_refused_before_the_schema_prints_it(work, tmp_path
     ],
 )
 def test_make_setup_takes_the_torch_requirement_and_index(tmp_path, args, pip):
-    """The torch build is the user's choice (issue 24, item 11): `make -n` shows the pip command."""
+    """The torch build is the user's choice: `make -n` shows the pip command."""
     proc = subprocess.run(
         ["make", "-n", "-B", "setup", f"VENV={tmp_path / 'venv'}", *args],
         cwd=REPO,

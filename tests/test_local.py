@@ -195,7 +195,7 @@ def test_empty_tables_are_read_as_empty(tmp_path):
         import_local(tmp_path / "none.csv", tmp_path / "items.csv", tmp_path / "interim")
 
 
-# --- timestamps (issue 24, item 1) -------------------------------------------------------
+# --- timestamps ---------------------------------------------------------------------------
 
 
 def _timed_reviews(n_users: int = 40, per_user: int = 8, seed: int = 3) -> pd.DataFrame:
@@ -301,7 +301,7 @@ def test_timestamps_that_are_all_unreadable_stop_the_import_naming_file_line_and
     assert "line 1: timestamp is not a time: '09 13 2020'" in message
 
 
-# --- damaged or unusual tables (issue 24, item 6) ----------------------------------------
+# --- damaged or unusual tables ------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", ["reviews.jsonl.gz", "reviews.csv.gz"])

@@ -1,4 +1,4 @@
-"""A `local` dataset through the real workflow: ISO-8601 times kept, an empty rating filter named (issue 24)."""
+"""A `local` dataset through the real workflow: ISO-8601 times kept, an empty rating filter named."""
 
 from __future__ import annotations
 

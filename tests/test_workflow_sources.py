@@ -251,7 +251,7 @@ def test_beauty_config_plans_the_main_command(tmp_path):
 @pytest.mark.skipif(not BEAUTY_DATA.is_dir(), reason=f"Amazon Beauty data folder {BEAUTY_DATA} is absent")
 def test_beauty_titles_and_notext_share_the_split(tmp_path):
     """configs/beauty.yaml's `beauty` (titles) and `beauty_notext` (attributes alone) hold the
-    same interactions and split, so that with/without-text runs pair user by user (issue 23)."""
+    same interactions and split, so that with/without-text runs pair user by user."""
     work = copy_checkout(tmp_path / "main")
     (tmp_path / "shared").symlink_to(REPO.parent / "shared")
     tables = {}
