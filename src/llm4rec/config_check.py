@@ -187,14 +187,21 @@ def check_precision(config: Mapping[str, Any]) -> None:
         return
     if model["backbone"] == "tiny":
         raise ConfigError("config: model.lora needs a pre-trained backbone (a Hugging Face name or folder), not tiny")
-    names = ["model"] + [f"variants.{v}" for v in config.get("run_variants", [])]
-    for where in names:
-        block = model if where == "model" else {**model, **config["variants"].get(where.split(".", 1)[1], {})}
+    for where, block in _model_blocks(config):
         if block.get("freeze_backbone"):
             raise ConfigError(
                 f"config: {where}: freeze_backbone true with model.lora: LoRA trains adapters inside the backbone "
                 "(set freeze_backbone: false, or lora: null to train the tables only)"
             )
+
+
+def _model_blocks(config: Mapping[str, Any]) -> list[tuple[str, dict]]:
+    """`model` and each run variant's `model` with its overrides, named as the user writes them."""
+    model = config["model"]
+    blocks = [("model", dict(model))]
+    for v in config.get("run_variants", []):
+        blocks.append((f"variants.{v}", {**model, **config["variants"].get(v, {})}))
+    return blocks
 
 
 def offline() -> bool:
@@ -293,9 +300,7 @@ def check_backbone_layers(config: Mapping[str, Any]) -> None:
     model = config["model"]
     if model["backbone"] != "tiny":
         return
-    names = ["model"] + [f"variants.{v}" for v in config.get("run_variants", [])]
-    for where in names:
-        block = model if where == "model" else {**model, **config["variants"].get(where.split(".", 1)[1], {})}
+    for where, block in _model_blocks(config):
         if block.get("backbone_layers"):
             raise ConfigError(
                 f"config: {where}: backbone_layers with backbone tiny: it keeps the first blocks of a pre-trained "
