@@ -8,6 +8,7 @@ shell has it; `--checkout` may be an older clone (its `src/` is put first on PYT
 that its library, not the installed one, runs).
 
     .venv/bin/python bench/bench_contention.py --checkout . --busy 2
+    .venv/bin/python bench/bench_contention.py --busy 2 --env GOMP_SPINCOUNT=10000 --configfile
 """
 
 from __future__ import annotations
@@ -57,9 +58,10 @@ def stage_seconds(work: Path) -> dict[str, float]:
     return out
 
 
-def run(checkout: Path, busy: int, configfiles: list[str], target: list[str]) -> dict:
+def run(checkout: Path, busy: int, configfiles: list[str], target: list[str], extra_env: dict[str, str]) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     env["PYTHONPATH"] = str(checkout / "src")
+    env.update(extra_env)
     workers = [multiprocessing.Process(target=_busy, daemon=True) for _ in range(busy)]
     with tempfile.TemporaryDirectory(prefix="bench-contention-") as tmp:
         work = Path(tmp)
@@ -82,6 +84,7 @@ def run(checkout: Path, busy: int, configfiles: list[str], target: list[str]) ->
         if proc.returncode:
             raise SystemExit(proc.stderr[-4000:])
         return {
+            "env": extra_env,
             "busy_processes": busy,
             "wall_s": round(wall, 1),
             "stages_s": stage_seconds(work),
@@ -95,9 +98,11 @@ def main() -> None:
     ap.add_argument("--checkout", type=Path, default=Path("."))
     ap.add_argument("--busy", type=int, default=0, help="competing busy-loop processes")
     ap.add_argument("--configfile", nargs="*", default=["configs/ci.yaml"])
+    ap.add_argument("--env", nargs="*", default=[], help="KEY=VALUE set for the run, e.g. GOMP_SPINCOUNT=10000")
     ap.add_argument("target", nargs="*")
     args = ap.parse_args()
-    res = run(args.checkout.resolve(), args.busy, args.configfile, args.target)
+    extra_env = dict(kv.split("=", 1) for kv in args.env)
+    res = run(args.checkout.resolve(), args.busy, args.configfile, args.target, extra_env)
     print(json.dumps({"checkout": str(args.checkout), "when": time.strftime("%H:%M:%S"), **res}))
 
 
