@@ -68,14 +68,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--processed", type=Path, required=True, help="the runs' processed/ folder (one split)")
     ap.add_argument("--k", type=int, default=20)
+    ap.add_argument("--edges", type=int, nargs="+", default=list(EDGES), help="lower bounds of the buckets, from 0")
     ap.add_argument("runs", nargs="+", help="name=path/to/recommendations.parquet")
     args = ap.parse_args()
     interactions = pd.read_parquet(args.processed / "interactions.parquet", columns=["uid", "iid", "split"])
     rows = {}
     for spec in args.runs:
         name, path = spec.split("=", 1)
-        rows[name] = bucket_recall(interactions, pd.read_parquet(path, columns=["uid", "rank", "iid"]), args.k)
-    table = pd.concat([bucket_pairs(interactions), pd.DataFrame(rows).T])
+        recs = pd.read_parquet(path, columns=["uid", "rank", "iid"])
+        rows[name] = bucket_recall(interactions, recs, args.k, tuple(args.edges))
+    table = pd.concat([bucket_pairs(interactions, tuple(args.edges)), pd.DataFrame(rows).T])
     print(table.to_markdown(floatfmt=".4f"))
 
 
