@@ -71,13 +71,16 @@ def main() -> None:
     ap.add_argument("--edges", type=int, nargs="+", default=list(EDGES), help="lower bounds of the buckets, from 0")
     ap.add_argument("runs", nargs="+", help="name=path/to/recommendations.parquet")
     args = ap.parse_args()
+    edges = tuple(args.edges)
+    if edges[0] != 0 or any(a >= b for a, b in zip(edges, edges[1:], strict=False)):
+        raise SystemExit(f"--edges must start at 0 and increase, got {list(edges)}")
     interactions = pd.read_parquet(args.processed / "interactions.parquet", columns=["uid", "iid", "split"])
     rows = {}
     for spec in args.runs:
         name, path = spec.split("=", 1)
         recs = pd.read_parquet(path, columns=["uid", "rank", "iid"])
-        rows[name] = bucket_recall(interactions, recs, args.k, tuple(args.edges))
-    table = pd.concat([bucket_pairs(interactions, tuple(args.edges)), pd.DataFrame(rows).T])
+        rows[name] = bucket_recall(interactions, recs, args.k, edges)
+    table = pd.concat([bucket_pairs(interactions, edges), pd.DataFrame(rows).T])
     print(table.to_markdown(floatfmt=".4f"))
 
 
