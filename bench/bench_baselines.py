@@ -1,6 +1,6 @@
 """Wall time of every classical baseline on Amazon Beauty: fit, validation, test (issue 11).
 
-Runs `llm4rec.baseline_runs.run_baseline` as the `baseline` / `multivae` rules do, on a
+Runs `llm4rec.baselines.runs.run_baseline` as the `baseline` / `multivae` rules do, on a
 processed folder (the workflow's `results/beauty/processed`), with the `baselines` block
 and `evaluate` settings of config.yaml (``--set`` overrides one setting), at the rules'
 thread count. Prints one table row per baseline and, with ``--out``, writes the rows as JSON.
@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from llm4rec.baseline_runs import BASELINES, load_splits, run_baseline
-from llm4rec.metrics import METRICS
+from llm4rec.baselines.runs import BASELINES, load_splits, run_baseline
+from llm4rec.core.constants import METRICS
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,7 +1,7 @@
 """Benchmark the edge-bias build (issue 4) against the seed's per-element triple loop.
 
 For one batch of 32 second-order prompts (distances 2, 4 and >= 6 hops) and one of 32
-fine-tuning prompts, it times building R with `llm4rec.collate.edge_bias_matrix` (and the
+fine-tuning prompts, it times building R with `llm4rec.model.collate.edge_bias_matrix` (and the
 whole collator) against the seed's loop `for b, i, j: R[b,i,j] = relation(node_i, node_j)`
 over the same `RelationIndex`, checks the values are identical, and prints the ratios.
 
@@ -29,10 +29,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from llm4rec.collate import EdgeAwareCollator, edge_bias_matrix  # noqa: E402
-from llm4rec.encoding import build_content_examples, build_finetune_examples  # noqa: E402
-from llm4rec.graph import RelationIndex  # noqa: E402
-from llm4rec.tokenization import EntityVocab, load_tokenizer, train_bpe_tokenizer  # noqa: E402
+from llm4rec.graph.relation import RelationIndex  # noqa: E402
+from llm4rec.model.collate import EdgeAwareCollator, edge_bias_matrix  # noqa: E402
+from llm4rec.model.encoding import build_content_examples, build_finetune_examples  # noqa: E402
+from llm4rec.model.tokenization import EntityVocab, load_tokenizer, train_bpe_tokenizer  # noqa: E402
 
 
 def power_law_graph(n_users: int, n_items: int, n_edges: int, seed: int = 0) -> sp.csr_matrix:

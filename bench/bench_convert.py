@@ -56,7 +56,7 @@ def generate(path: Path, n_lines: int, seed: int = 0) -> int:
 
 def worker(reviews: Path, out_dir: Path, chunk_rows: int) -> dict:
     """Convert one file in this process and report time and peak RSS."""
-    from llm4rec.convert import convert_dataset
+    from llm4rec.data.convert import convert_dataset
 
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()

@@ -8,7 +8,7 @@ building plus querying (plus the interpreter and libraries, about 0.1 GB).
     .venv/bin/python bench/bench_graph.py --sizes beauty dense3000
 
 Sizes: ``beauty`` (22,000 users, 12,000 items, ~150,000 train edges, power-law synthetic),
-``beauty_demo`` (``llm4rec.demo`` Beauty-sized data through the real preprocess, if present),
+``beauty_demo`` (``llm4rec.data.demo`` Beauty-sized data through the real preprocess, if present),
 ``beauty10`` (10x beauty), ``dense3000`` (about 3,000 nodes: the seed's dense build against
 RelationIndex build plus one epoch of second-order prompt queries, in the same process),
 ``smalldiam`` (9,000 nodes, uniform random, diameter below 6: the exact all-source D6 path).
@@ -103,8 +103,8 @@ def power_law_graph(n_users: int, n_items: int, n_edges: int, seed: int = 0) -> 
 def demo_train_matrix() -> sp.csr_matrix:
     """The train split of Beauty-sized generated data (the demo generator through the real
     preprocess) as a users x items CSR matrix."""
-    from llm4rec.demo import beauty_sized, processed_interactions
-    from llm4rec.preprocess import interaction_matrix
+    from llm4rec.data.demo import beauty_sized, processed_interactions
+    from llm4rec.data.preprocess import interaction_matrix
 
     out = processed_interactions(beauty_sized(1))
     return interaction_matrix(out["interactions"], out["stats"]["users"], out["stats"]["items"])
@@ -123,7 +123,7 @@ def _peak_rss_gb() -> float:
 
 
 def run_one(size: str, data: Path, work: Path) -> dict:
-    from llm4rec.graph import RelationIndex, graph_stats
+    from llm4rec.graph.relation import RelationIndex, graph_stats
 
     with np.load(data, allow_pickle=False) as z:
         csr = sp.csr_matrix((z["data"], z["indices"], z["indptr"]), shape=tuple(z["shape"]))
@@ -164,8 +164,8 @@ def run_dense(data: Path, meta_path: Path) -> dict:
     second-order queries (every ordered item pair, self included, of every prompt)."""
     from scipy.sparse import csgraph
 
-    from llm4rec.graph import RelationIndex
-    from llm4rec.second_order import build_second_order
+    from llm4rec.graph.relation import RelationIndex
+    from llm4rec.graph.second_order import build_second_order
 
     with np.load(data, allow_pickle=False) as z:
         csr = sp.csr_matrix((z["data"], z["indices"], z["indptr"]), shape=tuple(z["shape"]))

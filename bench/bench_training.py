@@ -1,6 +1,6 @@
 """Fine-tuning epoch time and evaluation throughput at Amazon-Beauty size (issue 5).
 
-Generated data (`llm4rec.demo.beauty_sized`, through the real preprocess), the `tiny`
+Generated data (`llm4rec.data.demo.beauty_sized`, through the real preprocess), the `tiny`
 backbone at 2 layers, 128 wide, 4 heads, the real collator, fine-tuning step and evaluator.
 
     .venv/bin/python bench/bench_training.py --threads 2
@@ -17,16 +17,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llm4rec import demo
-from llm4rec.collate import EdgeAwareCollator
-from llm4rec.encoding import build_finetune_examples
-from llm4rec.evaluation import Scorer, evaluate_split
-from llm4rec.graph import build_relation_index
-from llm4rec.model import EdgeAwareRecModel, build_tiny_backbone
-from llm4rec.preprocess import Processed
-from llm4rec.stage import make_accelerator
-from llm4rec.tokenization import pad_token_id, train_bpe_tokenizer
-from llm4rec.training import _epoch, _Steps
+from llm4rec.data import demo
+from llm4rec.data.preprocess import Processed
+from llm4rec.graph.relation import build_relation_index
+from llm4rec.model.backbone import build_tiny_backbone
+from llm4rec.model.collate import EdgeAwareCollator
+from llm4rec.model.edge_model import EdgeAwareRecModel
+from llm4rec.model.encoding import build_finetune_examples
+from llm4rec.model.tokenization import pad_token_id, train_bpe_tokenizer
+from llm4rec.train.evaluate import Scorer, evaluate_split
+from llm4rec.train.stage import make_accelerator
+from llm4rec.train.steps import EpochPlan, StepKind, StepModule, Trainer, run_epoch
 
 
 def main() -> None:
@@ -55,7 +56,8 @@ def main() -> None:
     t1 = time.time()
     examples = build_finetune_examples(data.train_items, tok, ev, 256, seed=0, epoch=0)
     build = time.time() - t1
-    row = _epoch(_Steps(model), acc, opt, examples, collate, 32, "finetune", False, "finetune epoch 0")
+    trainer = Trainer(StepModule(model), acc, collate)
+    row = run_epoch(trainer, opt, EpochPlan(StepKind.FINETUNE, examples, 32, "finetune epoch 0"))
     scorer = Scorer(model, tok, data, index, 256, args.eval_batch)
     t2 = time.time()
     res = evaluate_split(scorer, data, "test", acc)

@@ -22,7 +22,7 @@ OUT=$(realpath -m "${GPU_CHECK_OUT:-bench/out/gpu_check}")
 PRECISIONS=${GPU_CHECK_PRECISIONS:-"no bf16"}
 START=$(date +%s)
 
-"$PY" -m llm4rec.backbone_store fetch smollm2 >/dev/null  # the cached GGUF, or a clear error
+"$PY" -m llm4rec.model.backbone_store fetch smollm2 >/dev/null  # the cached GGUF, or a clear error
 mkdir -p "$OUT"
 WORK="$OUT/work"
 if [ ! -d "$WORK" ]; then

@@ -64,9 +64,9 @@ def token_counts(work: Path) -> dict:
     """Tokens of one content epoch, one collaborative epoch and each fine-tuning epoch, built by
     the stages' own code from the run's data and the materialized backbone's tokenizer."""
     sys.path.insert(0, str(ROOT / "src"))
-    from llm4rec.encoding import GRAPH_KINDS, Examples, build_collab_examples, build_finetune_examples
-    from llm4rec.preprocess import load_processed
-    from llm4rec.tokenization import EntityVocab, load_tokenizer
+    from llm4rec.data.preprocess import load_processed
+    from llm4rec.model.encoding import GRAPH_KINDS, Examples, build_collab_examples, build_finetune_examples
+    from llm4rec.model.tokenization import EntityVocab, load_tokenizer
 
     cfg = yaml.safe_load((work / "gpu_check.yaml").read_text())
     saved = json.loads((work / RUN / "pretrain" / "rec_config.json").read_text())

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from llm4rec.report import paired_wilcoxon
+from llm4rec.report.stats import paired_wilcoxon
 
 METRICS = ("Recall@20", "Recall@40", "NDCG@100")
 

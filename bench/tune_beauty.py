@@ -20,8 +20,8 @@ from pathlib import Path
 
 import yaml
 
-from llm4rec.stage import RunSettings, StagePaths
-from llm4rec.training import finetune, pretrain
+from llm4rec.train.loop import finetune, pretrain
+from llm4rec.train.stage import RunSettings, StagePaths
 
 REPO = Path(__file__).resolve().parents[1]
 

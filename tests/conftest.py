@@ -68,7 +68,7 @@ def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:
 @pytest.fixture(scope="session")
 def tok(tmp_path_factory):
     """A small BPE tokenizer trained on the prompts' template words (model and backbone tests)."""
-    from llm4rec.tokenization import load_tokenizer, train_bpe_tokenizer
+    from llm4rec.model.tokenization import load_tokenizer, train_bpe_tokenizer
 
     d = tmp_path_factory.mktemp("tok")
     corpus = ["These items have the same brand: Acme. They are all in the category: Home"] * 10
@@ -125,3 +125,10 @@ def ci_copy(ci_base: Path, tmp_path: Path) -> Path:
     dest = tmp_path / "work"
     shutil.copytree(ci_base, dest, symlinks=True)
     return dest
+
+
+def evaluate_scores(score_fn, train, target, *, top_n: int = 0, **settings):
+    """`RankingEvaluator` in one call (train items excluded, users without targets skipped)."""
+    from llm4rec.metrics import RankingEvaluator
+
+    return RankingEvaluator(train, target, **settings).evaluate(score_fn, top_n=top_n)

@@ -12,7 +12,7 @@ import pytest
 from conftest import BIN
 
 from llm4rec import __version__
-from llm4rec.preprocess import write_recommendations
+from llm4rec.data.preprocess import write_recommendations
 
 N_USERS, N_ITEMS, TOP = 20, 30, 10
 

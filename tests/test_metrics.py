@@ -8,15 +8,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
+from conftest import evaluate_scores
 
-from llm4rec.metrics import (
-    RankingEvaluator,
-    evaluate_scores,
-    ndcg_at_k,
-    recall_at_k,
-    selection_score,
-    top_k,
-)
+from llm4rec.metrics import RankingEvaluator, ndcg_at_k, recall_at_k, selection_score, top_k
 
 
 # ---------------------------------------------------------------- oracle

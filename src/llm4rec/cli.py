@@ -51,7 +51,7 @@ def recommendations_for(
     run: Path, user: str | None = None, top: int = 10, uid: int | None = None
 ) -> tuple[int, str, pd.DataFrame]:
     """Top items of one user (an original user id, or ``uid``) from a run's recommendations."""
-    from .preprocess import data_fingerprint, recommendations_fingerprint
+    from llm4rec.data.preprocess import data_fingerprint, recommendations_fingerprint
 
     run = Path(run)
     if not run.is_dir():
@@ -119,7 +119,7 @@ def _recommend(args: argparse.Namespace) -> int:
 
 
 def _demo_data(args: argparse.Namespace) -> int:
-    from .demo import DEMO, beauty_sized, write_raw
+    from llm4rec.data.demo import DEMO, beauty_sized, write_raw
 
     settings = beauty_sized(args.scale) if args.scale else DEMO
     paths = write_raw(Path(args.out), settings)
@@ -129,7 +129,7 @@ def _demo_data(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from . import __version__
+    from llm4rec import __version__
 
     ap = argparse.ArgumentParser(prog="llm4rec", description=__doc__)
     ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")

@@ -28,25 +28,9 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-__all__ = [
-    "DEFAULT_KS_NDCG",
-    "DEFAULT_KS_RECALL",
-    "METRICS",
-    "EvalResult",
-    "RankingEvaluator",
-    "evaluate_scores",
-    "ndcg_at_k",
-    "recall_at_k",
-    "selection_score",
-    "top_k",
-]
-
 log = logging.getLogger(__name__)
 
-DEFAULT_KS_RECALL: tuple[int, ...] = (20, 40)
-DEFAULT_KS_NDCG: tuple[int, ...] = (100,)
-# The metrics every run and baseline reports, named as `RankingEvaluator` names its defaults.
-METRICS: tuple[str, ...] = (*(f"Recall@{k}" for k in DEFAULT_KS_RECALL), *(f"NDCG@{k}" for k in DEFAULT_KS_NDCG))
+from llm4rec.core.constants import DEFAULT_KS_NDCG, DEFAULT_KS_RECALL  # noqa: E402
 
 ScoreFn = Callable[[np.ndarray], torch.Tensor | np.ndarray]
 Targets = sp.spmatrix | sp.sparray | Sequence[np.ndarray]
@@ -401,18 +385,3 @@ def _top_frame(users: np.ndarray, items: np.ndarray, values: np.ndarray) -> pd.D
             "score": values[keep].astype(np.float64),
         }
     )
-
-
-def evaluate_scores(
-    score_fn: ScoreFn,
-    train_csr: sp.spmatrix,
-    target_csr: sp.spmatrix,
-    users: np.ndarray | None = None,
-    ks_recall: Sequence[int] = DEFAULT_KS_RECALL,
-    ks_ndcg: Sequence[int] = DEFAULT_KS_NDCG,
-    batch_size: int = 1024,
-    top_n: int = 0,
-) -> EvalResult:
-    """One-shot form of :class:`RankingEvaluator` (train items excluded, users without targets skipped)."""
-    evaluator = RankingEvaluator(train_csr, target_csr, ks_recall, ks_ndcg, batch_size, users)
-    return evaluator.evaluate(score_fn, top_n=top_n)

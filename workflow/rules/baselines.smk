@@ -1,6 +1,6 @@
 """Baselines on the same split and metrics, fitted on train only (docs/method.md 7.5)."""
 
-from llm4rec.memory import ease_mem_mb
+from llm4rec.core.memory import ease_mem_mb
 
 
 rule baseline:
@@ -27,11 +27,11 @@ rule baseline:
     # with cores; the rest is single-threaded work.
     threads: lambda wc: 2 if wc.name == "ease" else 1
     # EASE: the configured limit, or with `auto` what the catalog needs (once preprocessed)
-    # plus 2 GB (llm4rec.memory.ease_mem_mb).
+    # plus 2 GB (llm4rec.core.memory.ease_mem_mb).
     resources:
         mem_mb=lambda wc: (
             ease_mem_mb(
-                BASELINE_SETTINGS.get("ease", {}).get("max_memory_gb", "auto"),
+                BASELINE_SETTINGS["ease"]["max_memory_gb"],
                 f"results/{wc.dataset}/processed/stats.json",
             )
             if wc.name == "ease"

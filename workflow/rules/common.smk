@@ -2,7 +2,7 @@
 
 import json
 
-from llm4rec import backbone_store
+from llm4rec.model import backbone_store
 
 VERSION = llm4rec.__version__
 DATASET = config["dataset"]
@@ -24,7 +24,7 @@ def dataset_spec(wildcards):
 def download_params(wildcards):
     """URLs, expected checksums and retry settings of one dataset, for the download rule."""
     spec = DATASETS[wildcards.dataset]
-    from llm4rec.download import source_urls
+    from llm4rec.data.download import source_urls
 
     if spec["source"] == "demo":
         # A path relative to the working directory (made a file:// URL by the script), so
@@ -62,7 +62,7 @@ RUN = "results/{dataset}/{variant}-s{seed}"
 
 
 # `model.backbone` as the stages read it: tiny, or the folder the `backbone` rule materializes
-# once (llm4rec.backbone_store) from a hub name, a local folder or a GGUF file.
+# once (llm4rec.model.backbone_store) from a hub name, a local folder or a GGUF file.
 BACKBONE_SPEC = config["model"]["backbone"]
 BACKBONE_NAME = backbone_store.backbone_name(BACKBONE_SPEC)
 BACKBONE = "tiny" if BACKBONE_SPEC == "tiny" else str(backbone_store.BACKBONES_DIR / BACKBONE_NAME)
@@ -113,7 +113,6 @@ def run_settings(stage):
             {
                 "seed": int(wildcards.seed),
                 "model": model_settings(wildcards.variant),
-                "data_seed": config["data_seed"],
                 **{block: config[block] for block in STAGE_BLOCKS[stage]},
             },
             sort_keys=True,
@@ -207,12 +206,12 @@ def baseline_targets(dataset):
     return [f"{run}/metrics.json" for run in baseline_runs(dataset)]
 
 
-REPORT = config.get("report", {})
+REPORT = config["report"]
 
 
 def reference_variant():
     """The method every other is tested against: `full`, else the first variant run."""
-    ref = REPORT.get("reference", "full")
+    ref = REPORT["reference"]
     return ref if ref in config["run_variants"] else config["run_variants"][0]
 
 
@@ -283,7 +282,7 @@ def raw_files(wildcards):
 
 
 def git_commit():
-    from llm4rec.report import git_commit as _commit
+    from llm4rec.report.provenance import git_commit as _commit
 
     return _commit(workflow.basedir)
 

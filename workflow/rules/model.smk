@@ -11,7 +11,7 @@ localrules:
 
 
 # A local rule (it runs where the network is, like `download`): `model.backbone` once into a
-# plain folder the stages read, with its provenance beside it (llm4rec.backbone_store). Not
+# plain folder the stages read, with its provenance beside it (llm4rec.model.backbone_store). Not
 # for tiny, which is trained from scratch.
 rule backbone:
     input:
@@ -108,7 +108,7 @@ rule pretrain:
         mem_mb=config["resources"]["train_mem_mb"],
         gpu=config["resources"]["train_gpus"],
     params:
-        module="llm4rec.training",
+        module="llm4rec.train.loop",
         stage="pretrain",
         paths=lambda wc, input, output: ["--content", input.content, "--out", output[0], "--ckpt", f"{output[0]}.ckpt"],
         processed=lambda wc, input: os.path.dirname(input.processed),
@@ -162,7 +162,7 @@ use rule pretrain as evaluate with:
     benchmark:
         "benchmarks/{dataset}/{variant}-s{seed}/evaluate.tsv"
     params:
-        module="llm4rec.evaluation",
+        module="llm4rec.train.evaluate",
         stage="evaluate",
         settings=run_settings("evaluate"),
         paths=lambda wc, input, output: [

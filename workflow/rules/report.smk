@@ -1,4 +1,4 @@
-"""Summary over methods and seeds, figures and provenance for `snakemake --report` (issue 6)."""
+"""Summary over methods and seeds, figures and provenance for `snakemake --report`."""
 
 
 wildcard_constraints:
@@ -36,7 +36,7 @@ rule summary:
     params:
         records=run_records,
         reference=reference_variant(),
-        metric=REPORT.get("test_metric", "Recall@20"),
+        metric=REPORT["test_metric"],
         version=VERSION,
     script:
         "../scripts/summary.py"
@@ -92,7 +92,7 @@ rule report_bias:
     resources:
         mem_mb=2000,
     params:
-        max_entities=REPORT.get("heatmap_max_entities", 12),
+        max_entities=REPORT["heatmap_max_entities"],
         version=VERSION,
     script:
         "../scripts/report_bias.py"

@@ -3,8 +3,8 @@
 import json
 from pathlib import Path
 
-from llm4rec.backbone_store import materialize
-from llm4rec.logutil import log_to
+from llm4rec.core.logs import log_to
+from llm4rec.model.backbone_store import materialize
 
 with log_to(snakemake.log[0]) as log:
     p = snakemake.params

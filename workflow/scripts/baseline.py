@@ -4,8 +4,8 @@ import json
 
 import torch
 
-from llm4rec.baseline_runs import load_splits, run_baseline, write_baseline_run
-from llm4rec.logutil import log_to
+from llm4rec.baselines.runs import load_splits, run_baseline, write_baseline_run
+from llm4rec.core.logs import log_to
 
 with log_to(snakemake.log[0]) as log:
     torch.set_num_threads(snakemake.threads)

@@ -3,8 +3,8 @@
 import shutil
 from pathlib import Path
 
-from llm4rec.convert import ConvertError, convert_dataset
-from llm4rec.logutil import log_to
+from llm4rec.core.logs import log_to
+from llm4rec.data.convert import ConvertError, convert_dataset
 
 with log_to(snakemake.log[0]) as log:
     p = snakemake.params.convert

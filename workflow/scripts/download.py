@@ -3,8 +3,8 @@
 import json
 from pathlib import Path
 
-from llm4rec.download import fetch_source
-from llm4rec.logutil import log_to
+from llm4rec.core.logs import log_to
+from llm4rec.data.download import fetch_source
 
 with log_to(snakemake.log[0]) as log:
     p = snakemake.params.download

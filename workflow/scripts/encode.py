@@ -2,9 +2,9 @@
 
 import pandas as pd
 
-from llm4rec.encoding import encode_content
-from llm4rec.logutil import log_to
-from llm4rec.model import TinySettings
+from llm4rec.core.logs import log_to
+from llm4rec.model.encoding import encode_content
+from llm4rec.model.settings import TinySettings
 
 with log_to(snakemake.log[0]) as log:
     p = snakemake.params

@@ -3,9 +3,9 @@
 import shutil
 from pathlib import Path
 
-from llm4rec.convert import ConvertError
-from llm4rec.local import import_local
-from llm4rec.logutil import log_to
+from llm4rec.core.logs import log_to
+from llm4rec.data.convert import ConvertError
+from llm4rec.data.local import import_local
 
 with log_to(snakemake.log[0]) as log:
     out_dir = Path(snakemake.output.reviews).parent

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from llm4rec.logutil import log_to
-from llm4rec.preprocess import PreprocessSettings, preprocess, write_processed
+from llm4rec.core.logs import log_to
+from llm4rec.data.preprocess import PreprocessSettings, preprocess, write_processed
 
 with log_to(snakemake.log[0]) as log:
     settings = PreprocessSettings(seed=snakemake.params.seed, **snakemake.params.preprocess)

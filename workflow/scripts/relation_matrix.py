@@ -3,9 +3,9 @@
 import json
 from pathlib import Path
 
-from llm4rec.graph import build_relation_index, graph_stats
-from llm4rec.logutil import log_to
-from llm4rec.preprocess import load_processed
+from llm4rec.core.logs import log_to
+from llm4rec.data.preprocess import load_processed
+from llm4rec.graph.relation import build_relation_index, graph_stats
 
 with log_to(snakemake.log[0]) as log:
     g = snakemake.params.graph

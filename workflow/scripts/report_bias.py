@@ -3,11 +3,11 @@
 import json
 from pathlib import Path
 
-from llm4rec.encoding import Examples
-from llm4rec.graph import RelationIndex
-from llm4rec.logutil import log_to
-from llm4rec.preprocess import processed_sizes
-from llm4rec.report import NoSecondOrderPrompt, plot_no_relation_bias, plot_relation_bias, second_order_bias
+from llm4rec.core.logs import log_to
+from llm4rec.data.preprocess import processed_sizes
+from llm4rec.graph.relation import RelationIndex
+from llm4rec.model.encoding import Examples
+from llm4rec.report.bias import NoSecondOrderPrompt, plot_no_relation_bias, plot_relation_bias, second_order_bias
 
 with log_to(snakemake.log[0]) as log:
     inp = snakemake.input

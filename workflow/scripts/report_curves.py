@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from llm4rec.logutil import log_to
-from llm4rec.report import plot_multivae_curves, plot_training_curves
+from llm4rec.core.logs import log_to
+from llm4rec.report.figures import plot_multivae_curves, plot_training_curves
 
 with log_to(snakemake.log[0]):
     method, seeds = snakemake.wildcards.method, snakemake.params.seeds

@@ -3,8 +3,8 @@
 import json
 from pathlib import Path
 
-from llm4rec.logutil import log_to
-from llm4rec.report import dataset_stats_html
+from llm4rec.core.logs import log_to
+from llm4rec.report.provenance import dataset_stats_html
 
 with log_to(snakemake.log[0]):
     Path(snakemake.output[0]).write_text(

@@ -4,8 +4,8 @@ the backbone's provenance record."""
 import json
 from pathlib import Path
 
-from llm4rec.logutil import log_to
-from llm4rec.report import package_versions, provenance_html
+from llm4rec.core.logs import log_to
+from llm4rec.report.provenance import package_versions, provenance_html
 
 with log_to(snakemake.log[0]):
     config_text = json.dumps(json.loads(snakemake.params.config), indent=2)

@@ -2,8 +2,8 @@
 
 import pandas as pd
 
-from llm4rec.logutil import log_to
-from llm4rec.second_order import build_second_order, save_second_order
+from llm4rec.core.logs import log_to
+from llm4rec.graph.second_order import build_second_order, save_second_order
 
 with log_to(snakemake.log[0]) as log:
     p = snakemake.params.second_order

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from llm4rec.logutil import log_to
-from llm4rec.report import RunRecord, display_table, method_table, paired_wilcoxon, summary_table, table_html
+from llm4rec.core.logs import log_to
+from llm4rec.report.stats import paired_wilcoxon
+from llm4rec.report.tables import RunRecord, display_table, method_table, summary_table, table_html
 
 with log_to(snakemake.log[0]) as log:
     records = [

@@ -2,8 +2,8 @@
 
 import pandas as pd
 
-from llm4rec.logutil import log_to
-from llm4rec.tokenization import tokenizer_corpus, train_bpe_tokenizer
+from llm4rec.core.logs import log_to
+from llm4rec.model.tokenization import tokenizer_corpus, train_bpe_tokenizer
 
 with log_to(snakemake.log[0]) as log:
     texts = tokenizer_corpus(pd.read_parquet(snakemake.input.catalog), pd.read_parquet(snakemake.input.interactions))

@@ -1,0 +1,99 @@
+"""The training levers (docs/method.md 6.5): learning-rate schedule, hidden fraction, mutual
+regularization restricted to entities with content, and progress lines in logs."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from llm4rec.core.logs import progress
+from llm4rec.model.backbone import build_tiny_backbone
+from llm4rec.model.edge_model import EdgeAwareRecModel
+from llm4rec.model.encoding import build_finetune_examples
+from llm4rec.model.tokenization import EntityVocab, load_tokenizer, train_bpe_tokenizer
+from llm4rec.train.steps import lr_schedule, make_optimizer
+
+
+def test_lr_schedule_warmup_then_cosine_to_zero():
+    at = lr_schedule(1.0, total_steps=110, warmup_steps=10, decay="cosine")
+    assert at(0) == pytest.approx(0.1) and at(9) == pytest.approx(1.0)
+    assert at(10) == pytest.approx(1.0)
+    assert at(60) == pytest.approx(0.5)
+    assert at(110) == pytest.approx(0.0, abs=1e-12)
+    assert all(at(s) >= at(s + 1) for s in range(10, 110))
+    const = lr_schedule(0.3, total_steps=50)
+    assert {const(s) for s in range(50)} == {0.3}
+
+
+def test_weight_decay_switches_to_adamw():
+    p = [torch.nn.Parameter(torch.ones(3))]
+    assert type(make_optimizer(p, 1e-3)) is torch.optim.Adam
+    assert isinstance(make_optimizer(p, 1e-3, 0.01), torch.optim.AdamW)
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tok")
+    train_bpe_tokenizer(iter(["has interacted with, will interact with"] * 20), d, vocab_size=300, min_frequency=1)
+    return load_tokenizer(d)
+
+
+@pytest.mark.parametrize("frac", [0.2, 0.5, 0.9])
+def test_hide_frac_hides_that_share_but_never_all(tok, frac):
+    train = [np.arange(10), np.arange(3), np.arange(1), np.arange(2)]
+    ev = EntityVocab(len(tok), len(train), 10)
+    ex = build_finetune_examples(train, tok, ev, 128, seed=0, epoch=0, hide_frac=frac)
+    for n, items in enumerate(train):
+        ids = ex[n]["input_ids"]
+        shown = np.count_nonzero(ids >= ev.vocab + ev.n_users)
+        expect_hidden = min(max(1, int(frac * len(items))), max(1, len(items) - 1))
+        assert shown == len(items) - expect_hidden
+        assert len(ex[n]["items"]) == len(items)  # the target is still every train item
+
+
+def test_content_entities_regularize_only_nodes_with_content(tok):
+    backbone = build_tiny_backbone(len(tok), n_layer=1, n_embd=16, n_head=2, n_positions=64)
+    model = EdgeAwareRecModel(backbone, 3, 4, mutual_reg="content_entities")
+    with torch.no_grad():
+        for t in model.tables.values():
+            t.weight.normal_()
+    nodes = torch.tensor([0, 1, 2, 3, 4, 5, 6])
+    batch = {"reg_nodes": nodes}
+    full = model.regularization(batch, "collab", "content")
+    model.set_content_nodes(torch.tensor([3, 4, 5, 6]))  # the items only
+    items_only = model.regularization(batch, "collab", "content")
+    diff = model.entity_embedding(nodes[3:], "collab") - model.entity_embedding(nodes[3:], "content")
+    torch.testing.assert_close(items_only, diff.pow(2).sum())
+    assert items_only < full
+    model.mutual_reg = "all"
+    torch.testing.assert_close(model.regularization(batch, "collab", "content"), full)
+    with pytest.raises(ValueError, match="mutual_reg"):
+        EdgeAwareRecModel(backbone, 3, 4, mutual_reg="some")
+
+
+def test_progress_writes_lines_not_frames(caplog):
+    caplog.set_level(logging.INFO, logger="llm4rec.test")
+    bar = progress(range(100), "epoch 0", logger=logging.getLogger("llm4rec.test"))
+    for k in bar:
+        bar.set_postfix(loss=f"{k:.1f}")
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 10 and lines[-1].startswith("epoch 0: 100/100 (100%)")
+    assert all("\r" not in line for line in lines) and "loss=99.0" in lines[-1]
+
+
+def test_model_saved_before_has_content_still_loads(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = EdgeAwareRecModel(build_tiny_backbone(300, 1, 16, 2, 64), 3, 4)
+    model.save(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    weights.pop("has_content")
+    save_file(weights, tmp_path / "model.safetensors")
+    assert bool(EdgeAwareRecModel.load(tmp_path).has_content.all())
+    weights.pop("tables.collab_user.weight")
+    save_file(weights, tmp_path / "model.safetensors")
+    with pytest.raises(ValueError, match="collab_user"):
+        EdgeAwareRecModel.load(tmp_path)
