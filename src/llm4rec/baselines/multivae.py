@@ -1,8 +1,8 @@
-"""Baselines fitted on the train split only (docs/method.md 7.5): popularity, ItemKNN, EASE, Multi-VAE.
+"""Multi-VAE (Liang et al. 2018): a variational autoencoder over each user's train items,
+600-200, dropout 0.5, the KL weight annealed, the best validation epoch kept (docs/method.md 7.5).
 
-Every model exposes ``score(users) -> torch.Tensor [B, I]`` for
-:class:`llm4rec.metrics.RankingEvaluator`, which masks train items and breaks ties by item
-id; the models therefore return raw scores for all items.
+Like every baseline it exposes ``score(users) -> torch.Tensor [B, I]`` for
+:class:`llm4rec.metrics.RankingEvaluator`, which masks train items and breaks ties by item id.
 """
 
 from __future__ import annotations

@@ -1,0 +1,2 @@
+"""The bottom layer, torch-free: constants, hashing, logs, locking, memory limits and the
+config checks the Snakefile runs at start."""

@@ -1,5 +1,5 @@
 """Checks that a downloaded (or hand-placed) raw file is what it claims: gzip and JSON-lines
-integrity, size and sha256 (docs/method.md section 1)."""
+integrity, size and sha256 (docs/method.md 2.1)."""
 
 from __future__ import annotations
 

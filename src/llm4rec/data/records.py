@@ -1,5 +1,5 @@
 """Parsing one raw Amazon record (a JSON or Python-literal line) into a review or item row:
-what is coerced, what is rejected and why (docs/method.md section 1)."""
+what is coerced, what is rejected and why (docs/method.md 2.2)."""
 
 from __future__ import annotations
 

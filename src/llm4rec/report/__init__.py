@@ -1,0 +1,1 @@
+"""The `report` rules: summary tables, paired tests, figures, the bias heatmap and provenance."""

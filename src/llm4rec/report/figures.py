@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -14,9 +13,6 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from llm4rec.core.constants import METRICS
-
-if TYPE_CHECKING:
-    pass
 
 
 def plot_methods(methods: pd.DataFrame, summary: pd.DataFrame, path: str | Path) -> None:

@@ -8,18 +8,12 @@ import platform
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import pandas as pd  # noqa: E402
+import pandas as pd
 
 from llm4rec.core.hashing import sha256_file
 from llm4rec.report.tables import table_html
-
-if TYPE_CHECKING:
-    pass
 
 PACKAGES: tuple[str, ...] = (
     "llm4rec",

@@ -4,16 +4,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
-import matplotlib
-
-matplotlib.use("Agg")
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-if TYPE_CHECKING:
-    pass
+import numpy as np
+import pandas as pd
 
 
 def per_user_mean(frames: Sequence[pd.DataFrame], metric: str = "Recall@20") -> pd.Series:

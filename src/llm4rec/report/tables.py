@@ -1,10 +1,9 @@
-"""Summary tables, paired tests, figures and provenance for `snakemake --report`.
+"""Summary tables for `snakemake --report`: per-run records, the summary over seeds, the
+methods table with its Wilcoxon column, and their HTML.
 
 Variants (`{variant}-s{seed}/`) and baselines (`baselines/{name}/`, `baselines/multivae-s{seed}/`)
-write the same `metrics.json` and `per_user.parquet`, so one code path summarizes both.
-Figures are written with matplotlib's Agg backend (no display needed). The training code
-(torch, through the collator) and scipy are imported where they are used: most report jobs
-and every Snakemake start (``git_commit``) need neither, and torch alone costs seconds.
+write the same `metrics.json` and `per_user.parquet`, so one code path summarizes both. Nothing
+here imports torch or matplotlib: every Snakemake start reads the report package.
 """
 
 from __future__ import annotations
@@ -15,17 +14,10 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import matplotlib
-
-matplotlib.use("Agg")
-import pandas as pd  # noqa: E402
+import pandas as pd
 
 from llm4rec.core.constants import METRICS
-
-if TYPE_CHECKING:
-    pass
 
 
 @dataclass
