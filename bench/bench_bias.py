@@ -152,7 +152,7 @@ def main() -> None:
     empty = pd.DataFrame({"uid": [], "iid": [], "split": [], "review_text": []})
     so_ex = build_content_examples(pd.DataFrame({"iid": []}), empty, so, tok, ev, 1024)
     train = [np.flatnonzero(r) for r in m[:32].toarray()]
-    ft_ex = build_finetune_examples(train, tok, ev, 1024, seed=0, epoch=0)
+    ft_ex = build_finetune_examples(train, tok, ev, 1024, seed=0, epoch=0, hide_frac=0.2)
 
     results = {
         "machine": f"{platform.machine()} {platform.processor() or ''} torch {torch.__version__}, "

@@ -67,7 +67,7 @@ def batches(tok, model: EdgeAwareRecModel, train, items: pd.DataFrame, index, ba
     inter = pd.DataFrame({"uid": [0], "iid": [0], "split": ["train"], "review_text": [None]})
     content = build_content_examples(items.dropna(subset=["title"]), inter, None, tok, ev, max_len)
     collab = build_collab_examples(train, tok, ev, max_len)
-    ft = build_finetune_examples(train, tok, ev, max_len, seed=0, epoch=0)
+    ft = build_finetune_examples(train, tok, ev, max_len, seed=0, epoch=0, hide_frac=0.2)
     col = EdgeAwareCollator(ev, index, "seed", tok.pad_token_id or 0)
     return {kind: col([ex[n] for n in range(batch)]) for kind, ex in zip(KINDS, (content, collab, ft))}
 

@@ -54,7 +54,7 @@ def main() -> None:
     collate = EdgeAwareCollator(ev, index, "seed", pad_token_id(tok))
     opt = torch.optim.Adam(model.side_parameters("collab"), lr=1e-4)
     t1 = time.time()
-    examples = build_finetune_examples(data.train_items, tok, ev, 256, seed=0, epoch=0)
+    examples = build_finetune_examples(data.train_items, tok, ev, 256, seed=0, epoch=0, hide_frac=0.2)
     build = time.time() - t1
     trainer = Trainer(StepModule(model), acc, collate)
     row = run_epoch(trainer, opt, EpochPlan(StepKind.FINETUNE, examples, 32, "finetune epoch 0"))

@@ -67,6 +67,7 @@ def token_counts(work: Path) -> dict:
     from llm4rec.data.preprocess import load_processed
     from llm4rec.model.encoding import GRAPH_KINDS, Examples, build_collab_examples, build_finetune_examples
     from llm4rec.model.tokenization import EntityVocab, load_tokenizer
+    from llm4rec.train.stage import FinetuneSettings
 
     cfg = yaml.safe_load((work / "gpu_check.yaml").read_text())
     saved = json.loads((work / RUN / "pretrain" / "rec_config.json").read_text())
@@ -85,7 +86,7 @@ def token_counts(work: Path) -> dict:
         "collab": int(build_collab_examples(data.train_items, tok, ev, max_len, 0).lengths().sum()),
         "finetune": [
             int(
-                build_finetune_examples(data.train_items, tok, ev, max_len, 0, e, ft.get("hide_frac", 0.2))
+                build_finetune_examples(data.train_items, tok, ev, max_len, 0, e, FinetuneSettings(**ft).hide_frac)
                 .lengths()
                 .sum()
             )

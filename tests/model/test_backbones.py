@@ -105,7 +105,7 @@ def step_batches(tok, ev, m, idx, edge_bias="seed"):
     content = build_content_examples(items, inter, so, tok, ev, 64)
     tr = train_items(m)
     collab = build_collab_examples(tr, tok, ev, 64)
-    ft = build_finetune_examples(tr, tok, ev, 64, seed=0, epoch=0)
+    ft = build_finetune_examples(tr, tok, ev, 64, seed=0, epoch=0, hide_frac=0.2)
     ev_ex = build_eval_examples(tr, tok, ev, 64)
     return {
         "content": col([content[n] for n in range(len(content))]),
@@ -337,7 +337,8 @@ def test_learned_mask_at_init_is_the_seed_mask(tok, tmp_path, max_hops):
     items = pd.DataFrame({"iid": [0, 1], "title": ["Acme Home", None]})
     inter = pd.DataFrame({"uid": [0], "iid": [0], "split": ["train"], "review_text": ["great"]})
     content = build_content_examples(items, inter, so, tok, ev, 64)
-    exs = [content[k] for k in range(len(content))] + [build_finetune_examples(train_items(m), tok, ev, 64, 0, 0)[4]]
+    finetune = build_finetune_examples(train_items(m), tok, ev, 64, 0, 0, hide_frac=0.2)
+    exs = [content[k] for k in range(len(content))] + [finetune[4]]
     learned = EdgeAwareCollator(ev, learned_idx, "learned")(exs)
     seed = EdgeAwareCollator(ev, RelationIndex(m, max_hops=5), "seed")(exs)
     got = model._mask(learned, torch.float32, torch.device("cpu"))
@@ -421,7 +422,7 @@ def test_paper_config_code_path(tok, graph, tmp_path):
     for kind, side, exs in (
         ("content", "content", build_content_examples(items, reviews, so, tok, ev, 128)),
         ("collab", "collab", build_collab_examples(tr, tok, ev, 128)),
-        ("finetune", "collab", build_finetune_examples(tr, tok, ev, 128, seed=0, epoch=0)),
+        ("finetune", "collab", build_finetune_examples(tr, tok, ev, 128, seed=0, epoch=0, hide_frac=0.2)),
     ):
         opt = make_optimizer(model.side_parameters(side), run.pretrain.lr)
         loss, reg = run_step(

@@ -124,7 +124,7 @@ def test_vectorized_equals_triple_loop(tok, make_index):
     ev = EntityVocab(300, 12, 15)
     batch_ex = [_so_example(tok, ev, list(rng.choice(15, size=k, replace=False))) for k in (2, 5, 9, 15)]
     tr = [np.flatnonzero(r) for r in m]
-    batch_ex += [build_finetune_examples(tr, tok, ev, 64, seed=0, epoch=0)[u] for u in (0, 3)]
+    batch_ex += [build_finetune_examples(tr, tok, ev, 64, seed=0, epoch=0, hide_frac=0.2)[u] for u in (0, 3)]
     batch_ex += [build_collab_examples(tr, tok, ev, 64)[1], build_eval_examples(tr, tok, ev, 64)[2]]
     batch = EdgeAwareCollator(ev, idx, "seed")(batch_ex)
     ref = triple_loop_bias(batch["node_ids"].numpy(), idx)
@@ -144,7 +144,7 @@ def test_type_pattern_is_exact_outside_second_order(tok, make_index):
     idx = make_index(sp.csr_matrix(m))
     ev = EntityVocab(300, 10, 20)
     tr = [np.flatnonzero(r) for r in m]
-    exs = [build_finetune_examples(tr, tok, ev, 64, 0, 0)[u] for u in range(10)]
+    exs = [build_finetune_examples(tr, tok, ev, 64, 0, 0, hide_frac=0.2)[u] for u in range(10)]
     exs += [build_collab_examples(tr, tok, ev, 64)[u] for u in range(10)]
     col = EdgeAwareCollator(ev, idx, "seed")
     b = col(exs)
@@ -171,7 +171,7 @@ def test_type_mode_and_none(tok, make_index):
     assert (n[lower] == 0).all() and (n[~lower] == MASK_MIN).all()
     # on a non-second-order prompt `type` equals `seed`
     tr = [np.array([k - 1, k]) if k else np.array([0]) for k in range(8)]
-    fe = build_finetune_examples(tr, tok, ev, 64, 0, 0)[5]
+    fe = build_finetune_examples(tr, tok, ev, 64, 0, 0, hide_frac=0.2)[5]
     s = EdgeAwareCollator(ev, idx, "seed")([fe])["attention_mask"]
     ty = EdgeAwareCollator(ev, idx, "type")([fe])["attention_mask"]
     torch.testing.assert_close(s, ty, rtol=0, atol=0)
@@ -206,7 +206,7 @@ def test_labels_and_regularization_sets(tok):
     assert b["labels"][1, plen[1] : plen[1] + 3].tolist() == [1, 3, 4]
     # prompt user + each main item, nodes = item + U
     assert sorted(b["reg_nodes"].tolist()) == sorted([0, 3, 5, 1, 4, 6, 7])
-    f = build_finetune_examples(tr, tok, ev, 64, 0, 0)
+    f = build_finetune_examples(tr, tok, ev, 64, 0, 0, hide_frac=0.2)
     b = col([f[1]])
     kept = [n for n in b["node_ids"][0].tolist() if n >= 3]
     assert sorted(b["reg_nodes"].tolist()) == sorted([1, 1] + kept + [4, 6, 7])

@@ -169,9 +169,9 @@ def test_finetune_draws_seeded_per_user(tok):
     ev = EntityVocab(512, 4, 40)
     rng = np.random.default_rng(0)
     tr = [np.sort(rng.choice(40, size=n, replace=False)) for n in (5, 12, 1, 30)]
-    a = build_finetune_examples(tr, tok, ev, 128, seed=3, epoch=1)
-    b = build_finetune_examples(tr, tok, ev, 128, seed=3, epoch=1)
-    c = build_finetune_examples(tr, tok, ev, 128, seed=3, epoch=2)
+    a = build_finetune_examples(tr, tok, ev, 128, seed=3, epoch=1, hide_frac=0.2)
+    b = build_finetune_examples(tr, tok, ev, 128, seed=3, epoch=1, hide_frac=0.2)
+    c = build_finetune_examples(tr, tok, ev, 128, seed=3, epoch=2, hide_frac=0.2)
     np.testing.assert_array_equal(a.ids, b.ids)
     assert not np.array_equal(a.ids, c.ids)
     for u, items in enumerate(tr):
@@ -187,7 +187,7 @@ def test_finetune_draws_seeded_per_user(tok):
         g = np.random.default_rng([3, 1, u])
         np.testing.assert_array_equal(kept, g.permutation(items)[n_hide:])
     # a user's draw does not depend on the other users
-    alone = build_finetune_examples([np.zeros(0, np.int64)] * 3 + [tr[3]], tok, ev, 128, seed=3, epoch=1)
+    alone = build_finetune_examples([np.zeros(0, np.int64)] * 3 + [tr[3]], tok, ev, 128, seed=3, epoch=1, hide_frac=0.2)
     np.testing.assert_array_equal(alone[0]["input_ids"], a[3]["input_ids"])
 
 
@@ -196,7 +196,8 @@ def test_truncation_keeps_template(tok):
     tr = [np.arange(0, 100, 2), np.arange(5)]
     max_len = 20
     fixed = len(build_eval_examples([np.zeros(0, np.int64)], tok, ev, max_len)[0]["input_ids"])
-    for ex in (build_eval_examples(tr, tok, ev, max_len), build_finetune_examples(tr, tok, ev, max_len, 0, 0)):
+    finetune = build_finetune_examples(tr, tok, ev, max_len, 0, 0, hide_frac=0.2)
+    for ex in (build_eval_examples(tr, tok, ev, max_len), finetune):
         ids = ex[0]["input_ids"]
         assert len(ids) == max_len
         text = ev.decode(ids, tok)

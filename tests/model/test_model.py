@@ -158,7 +158,8 @@ def test_gpt2_matches_reference_attention(tok, graph, tmp_path, attn):
     path = _gpt2_dir(tmp_path, len(tok), attn)
     model = _rec_model(path, attn)
     ev = model.entity_vocab
-    exs = _content_batch_examples(tok, ev, m) + [build_finetune_examples(_train_items(m), tok, ev, 64, 0, 0)[2]]
+    finetune = build_finetune_examples(_train_items(m), tok, ev, 64, 0, 0, hide_frac=0.2)
+    exs = _content_batch_examples(tok, ev, m) + [finetune[2]]
     batch = EdgeAwareCollator(ev, idx, "seed")(exs)
     assert batch["lengths"].min() < batch["lengths"].max()  # the batch is padded
     ref_mask = reference_mask(batch, idx)
@@ -242,7 +243,7 @@ def _step_batches(tok, ev, m, idx):
     content = col(_content_batch_examples(tok, ev, m))
     collab_ex = build_collab_examples(tr, tok, ev, 64)
     collab = col([collab_ex[1], collab_ex[4]])
-    ft = build_finetune_examples(tr, tok, ev, 64, seed=0, epoch=0)
+    ft = build_finetune_examples(tr, tok, ev, 64, seed=0, epoch=0, hide_frac=0.2)
     finetune = col([ft[0], ft[3]])
     return content, collab, finetune
 

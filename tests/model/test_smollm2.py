@@ -90,7 +90,7 @@ def test_smollm2_vocabulary_and_entity_ids(smollm2):
     assert ev.decode(ids, tok) == "user_0 has interacted with item_0 item_2"
     forged = tok(" user_2 wrote item_4", add_special_tokens=False)["input_ids"]
     assert max(forged) < VOCAB  # text naming an entity stays text
-    ft = build_finetune_examples(train, tok, ev, 64, seed=0, epoch=0)
+    ft = build_finetune_examples(train, tok, ev, 64, seed=0, epoch=0, hide_frac=0.2)
     assert ev.decode(ft[1]["input_ids"], tok).startswith("user_1 has interacted with item_")
 
 

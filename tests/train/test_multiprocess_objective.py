@@ -48,7 +48,7 @@ def examples(tok, ev, step: str) -> list[dict]:
     elif step == "collab":
         ex = build_collab_examples(TRAIN[:4], tok, ev, 256)  # 1, 1, 10, 10 items
     else:
-        ex = build_finetune_examples(TRAIN, tok, ev, 256, seed=0, epoch=0)  # 5 users: 3 + 2
+        ex = build_finetune_examples(TRAIN, tok, ev, 256, seed=0, epoch=0, hide_frac=0.2)  # 5 users: 3 + 2
     return [ex[n] for n in range(len(ex))]
 
 

@@ -320,7 +320,7 @@ def test_micro_batched_step_equals_one_batch(tmp_path, step, monkeypatch):
     examples = {
         "content": build_content_examples(items, inter, None, tok, ev, 128),
         "collab": build_collab_examples(train, tok, ev, 128),
-        "finetune": build_finetune_examples(train, tok, ev, 128, seed=0, epoch=0),
+        "finetune": build_finetune_examples(train, tok, ev, 128, seed=0, epoch=0, hide_frac=0.2),
     }[step]
     batch = [examples[n] for n in range(min(6, len(examples)))]
     collate = EdgeAwareCollator(ev, None, "none")

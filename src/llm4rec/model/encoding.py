@@ -349,7 +349,7 @@ def build_finetune_examples(
     max_len: int,
     seed: int,
     epoch: int,
-    hide_frac: float = 0.2,
+    hide_frac: float,
 ) -> Examples:
     """Fine-tuning prompts for one epoch, users in id order.
 

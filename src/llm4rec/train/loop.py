@@ -35,12 +35,6 @@ from llm4rec.train.steps import EpochPlan, StepKind, StepModule, Trainer, lr_sch
 log = logging.getLogger("llm4rec.train.loop")
 
 
-# --- one optimizer step over several processes ------------------------------------------
-
-
-# --- stages ----------------------------------------------------------------------------
-
-
 def _select_content(examples: Examples, with_second_order: bool) -> Examples:
     if with_second_order:
         return examples

@@ -27,6 +27,9 @@ from llm4rec.model.collate import MICRO_BATCH_TOKENS, EdgeAwareCollator, global_
 from llm4rec.model.edge_model import EdgeAwareRecModel
 from llm4rec.model.encoding import Examples
 
+# Progress lines appear under the stage's logger, whose log the rules keep.
+log = logging.getLogger("llm4rec.train.loop")
+
 
 class NonFiniteLossError(FloatingPointError):
     """A loss became NaN or infinite; the message names stage, epoch and batch."""
@@ -206,6 +209,3 @@ def run_epoch(trainer: Trainer, optimizer, plan: EpochPlan) -> dict:
         "reg": float(np.sum(regs)),
         "seconds": time.time() - t0,
     }
-
-
-log = logging.getLogger("llm4rec.train.loop")
