@@ -1,8 +1,9 @@
 """Start-up checks of the workflow configuration, told in a few lines that name the setting.
 
 The Snakefile runs them before planning any job, so that a mistake the schema cannot see
-(a backbone missing offline, a head count that does not divide the width) fails at once
-rather than hours later in a job's log. Nothing here imports Snakemake.
+(a head count that does not divide the width, an EASE that cannot fit in memory) fails at once
+rather than hours later in a job's log; whether the backbone can be loaded is
+`llm4rec.model.checks`'s part. Nothing here imports Snakemake, torch or transformers.
 """
 
 from __future__ import annotations
