@@ -69,12 +69,14 @@ def main() -> None:
     for label in ("as trained", "cold from content", "cold from content, mapped"):
         with torch.no_grad():
             if label == "cold from content":
-                model.tables["collab_item"].weight[rows] = content[rows].to(collab.dtype)
+                model.tables["collab_item"].weight[rows] = content[rows].to(model.tables["collab_item"].weight.dtype)
             elif label == "cold from content, mapped":
                 # Ridge map content -> collab fitted on the warm items, applied to the cold ones.
                 x, y = content[warm], collab[warm]
                 w = torch.linalg.solve(x.T @ x + 1e-2 * torch.eye(x.shape[1]), x.T @ y)
-                model.tables["collab_item"].weight[rows] = (content[rows] @ w).to(collab.dtype)
+                model.tables["collab_item"].weight[rows] = (content[rows] @ w).to(
+                    model.tables["collab_item"].weight.dtype
+                )
         scorer = Scorer(model, tokenizer, data, index, max_len, args.batch_size)
         for split in ("val", "test"):
             res = evaluate_split(scorer, data, split, acc, top_n=20)
