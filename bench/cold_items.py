@@ -29,7 +29,7 @@ from llm4rec.train.evaluate import Scorer, evaluate_split
 from llm4rec.train.stage import make_accelerator
 
 
-def cold_hits(per_user, top, target_csr, cold: np.ndarray, k: int = 20) -> tuple[int, int]:
+def cold_hits(top, target_csr, cold: np.ndarray, k: int = 20) -> tuple[int, int]:
     """(target pairs on cold items, of them found in the top k)."""
     t = target_csr.tocoo()
     on_cold = cold[t.col]
@@ -80,7 +80,7 @@ def main() -> None:
         scorer = Scorer(model, tokenizer, data, index, max_len, args.batch_size)
         for split in ("val", "test"):
             res = evaluate_split(scorer, data, split, acc, top_n=20)
-            pairs, found = cold_hits(res["per_user"], res["top_k"], data.matrices[split], cold)
+            pairs, found = cold_hits(res["top_k"], data.matrices[split], cold)
             m = res["metrics"]
             out[f"{label}/{split}"] = {
                 **{k: round(m[k], 4) for k in ("Recall@20", "Recall@40", "NDCG@100")},

@@ -39,12 +39,43 @@ from llm4rec.data.records import (
     ITEMS_SCHEMA,
     REJECT_TEXT_CHARS,
     REVIEWS_SCHEMA,
-    _Reject,
-    _Stats,
+    RejectedRecord,
     item_row,
     parse_record,
     review_row,
 )
+
+
+class _Stats:
+    """Counts of one file's conversion; bounded in size (keys are reason and coercion codes)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = str(path) if path is not None else None
+        self.lines = 0
+        self.blank = 0
+        self.rows = 0
+        self.rejected = 0
+        self.reasons: Counter[str] = Counter()
+        self.coerced: Counter[str] = Counter()
+        self.formats: Counter[str] = Counter()
+        self.seconds = 0.0
+
+    def as_dict(self) -> dict:
+        records = self.lines - self.blank
+        return {
+            "path": self.path,
+            "lines": self.lines,
+            "blank": self.blank,
+            "records": records,
+            "rows": self.rows,
+            "rejected": self.rejected,
+            "reject_frac": (self.rejected / records) if records else 0.0,
+            "reasons": dict(sorted(self.reasons.items())),
+            "coerced": dict(sorted(self.coerced.items())),
+            "formats": dict(sorted(self.formats.items())),
+            "seconds": round(self.seconds, 3),
+        }
+
 
 DEFAULT_MAX_LINE_BYTES = 1 << 20
 DEFAULT_MAX_REJECT_FRAC = 0.01
@@ -159,20 +190,20 @@ def _convert_file(
                     bar.update(1)
                     try:
                         if overlong is not None:
-                            raise _Reject("line too long", f"{overlong} bytes > {max_line_bytes}")
+                            raise RejectedRecord("line too long", f"{overlong} bytes > {max_line_bytes}")
                         try:
                             text = raw.decode("utf-8")
                         except UnicodeDecodeError as exc:
-                            raise _Reject("not UTF-8", str(exc)) from None
+                            raise RejectedRecord("not UTF-8", str(exc)) from None
                         if number == 1:
                             text = text.lstrip("\ufeff")
                         text = text.strip()
                         if not text:
                             stats.blank += 1
                             continue
-                        writer.add(make_row(number, parse_record(text, stats), stats.coerced))
+                        writer.add(make_row(number, parse_record(text, stats.formats), stats.coerced))
                         stats.rows += 1
-                    except _Reject as rej:
+                    except RejectedRecord as rej:
                         stats.rejected += 1
                         stats.reasons[rej.code] += 1
                         shown = raw.decode("utf-8", errors="replace").strip()[:REJECT_TEXT_CHARS]

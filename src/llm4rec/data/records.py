@@ -9,43 +9,11 @@ import json
 import math
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
 _INT64_MAX = 2**63 - 1
-
-
-class _Stats:
-    """Counts of one file's conversion; bounded in size (keys are reason and coercion codes)."""
-
-    def __init__(self, path: Path | None) -> None:
-        self.path = str(path) if path is not None else None
-        self.lines = 0
-        self.blank = 0
-        self.rows = 0
-        self.rejected = 0
-        self.reasons: Counter[str] = Counter()
-        self.coerced: Counter[str] = Counter()
-        self.formats: Counter[str] = Counter()
-        self.seconds = 0.0
-
-    def as_dict(self) -> dict:
-        records = self.lines - self.blank
-        return {
-            "path": self.path,
-            "lines": self.lines,
-            "blank": self.blank,
-            "records": records,
-            "rows": self.rows,
-            "rejected": self.rejected,
-            "reject_frac": (self.rejected / records) if records else 0.0,
-            "reasons": dict(sorted(self.reasons.items())),
-            "coerced": dict(sorted(self.coerced.items())),
-            "formats": dict(sorted(self.formats.items())),
-            "seconds": round(self.seconds, 3),
-        }
 
 
 REJECT_TEXT_CHARS = 200
@@ -73,7 +41,7 @@ ITEMS_SCHEMA = pa.schema(
 )
 
 
-class _Reject(Exception):
+class RejectedRecord(Exception):
     """A line that cannot become a row; ``code`` is counted, ``detail`` goes to rejects.jsonl."""
 
     def __init__(self, code: str, detail: str = "") -> None:
@@ -94,8 +62,9 @@ def safe_literal(text: str) -> Any:
         raise ValueError(f"{type(exc).__name__}: {exc}") from None
 
 
-def parse_record(text: str, stats: _Stats | None = None) -> dict:
-    """Parse one line as a JSON object, else as a Python-literal dict (2014 meta)."""
+def parse_record(text: str, formats: Counter | None = None) -> dict:
+    """Parse one line as a JSON object, else as a Python-literal dict (2014 meta); `formats`
+    counts which of the two it was."""
     try:
         value = json.loads(text)
         kind = "json"
@@ -103,12 +72,12 @@ def parse_record(text: str, stats: _Stats | None = None) -> dict:
         try:
             value = safe_literal(text)
         except ValueError:
-            raise _Reject("unparseable", f"not JSON ({json_exc}) nor a Python literal") from None
+            raise RejectedRecord("unparseable", f"not JSON ({json_exc}) nor a Python literal") from None
         kind = "python_literal"
     if not isinstance(value, dict):
-        raise _Reject("not an object", type(value).__name__)
-    if stats is not None:
-        stats.formats[kind] += 1
+        raise RejectedRecord("not an object", type(value).__name__)
+    if formats is not None:
+        formats[kind] += 1
     return value
 
 
@@ -121,27 +90,27 @@ def _id(record: dict, key: str, coerced: Counter) -> str:
     elif isinstance(value, int) and not isinstance(value, bool):
         coerced[f"{key}_from_int"] += 1
         return str(value)
-    raise _Reject(f"missing {key}", "" if value is None else f"{value!r:.60}")
+    raise RejectedRecord(f"missing {key}", "" if value is None else f"{value!r:.60}")
 
 
 def _rating(record: dict, coerced: Counter) -> float:
     value = record.get("overall")
     if value is None:
-        raise _Reject("missing overall")
+        raise RejectedRecord("missing overall")
     if isinstance(value, bool):
-        raise _Reject("overall not a number", repr(value))
+        raise RejectedRecord("overall not a number", repr(value))
     if isinstance(value, str):
         try:
             number = float(value.strip())
         except ValueError:
-            raise _Reject("overall not a number", f"{value!r:.60}") from None
+            raise RejectedRecord("overall not a number", f"{value!r:.60}") from None
         coerced["overall_from_str"] += 1
     elif isinstance(value, (int, float)):
         number = float(value)
     else:
-        raise _Reject("overall not a number", f"{type(value).__name__}")
+        raise RejectedRecord("overall not a number", f"{type(value).__name__}")
     if not math.isfinite(number):
-        raise _Reject("overall not finite", repr(value))
+        raise RejectedRecord("overall not finite", repr(value))
     return number
 
 
@@ -269,7 +238,7 @@ def _description(record: dict, coerced: Counter) -> str | None:
 
 
 def review_row(number: int, record: dict, coerced: Counter) -> tuple:
-    """A reviews.parquet row from a parsed record; raises ``_Reject`` without user/item/rating."""
+    """A reviews.parquet row from a parsed record; raises ``RejectedRecord`` without user/item/rating."""
     return (
         number,
         _id(record, "reviewerID", coerced),

@@ -46,8 +46,6 @@ import scipy.sparse as sp
 from llm4rec.data.preprocess import interaction_matrix
 from llm4rec.graph.search import (
     FAR,
-    HUB_BYTES,
-    MAX_HUBS,
     any_by_owner,
     bfs_levels,
     bfs_pair_distance,
@@ -61,6 +59,8 @@ from llm4rec.graph.search import (
     rows_intersect,
 )
 
+HUB_BYTES = 256 * 2**20  # cap on the hub bit sets (n_items x n_hubs bits)
+MAX_HUBS = 8192
 FORMAT_VERSION = 1
 EXACT_HOPS = 5  # the seed's relation tells hop distances apart up to 5 (6 and more: equal)
 

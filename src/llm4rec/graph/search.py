@@ -10,8 +10,6 @@ from scipy.sparse import csgraph
 FAR = 6  # the seed's horizon: max(6 - d, 0) is 0 from 6 hops on
 CHUNK_ENTRIES = 20_000_000  # sparse entries gathered per row-intersection chunk
 BFS_BYTES = 128 * 2**20  # gathered bit words per BFS level
-HUB_BYTES = 256 * 2**20  # cap on the hub bit sets (n_items x n_hubs bits)
-MAX_HUBS = 8192
 
 
 def binary_pattern(m: sp.spmatrix | sp.sparray, shape: tuple[int, int] | None = None) -> sp.csr_matrix:
