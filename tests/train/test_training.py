@@ -18,6 +18,7 @@ import torch
 from conftest import BIN, CI_CONFIG, CI_RUN, planned_jobs, snakemake
 
 from llm4rec.model.collate import global_batches
+from llm4rec.model.edge_model import EdgeAwareRecModel
 from llm4rec.train.checkpoint import Checkpoint, TrainingState, fingerprint
 from llm4rec.train.loop import pretrain_schedule
 from llm4rec.train.stage import PretrainSettings
@@ -201,6 +202,25 @@ def test_a_changed_setting_reruns_its_stage_and_those_after(ci_copy, change, pla
     (ci_copy / "change.yaml").write_text(change + "\n")
     proc = snakemake(ci_copy, f"{CI_RUN}/metrics.json", "-n", *CI_CONFIG, "change.yaml")
     assert planned_jobs(proc) == planned
+
+
+@pytest.mark.slow
+def test_shared_users_change_nothing_where_every_user_has_content(ci_copy):
+    """Every demo user wrote a review, so `finetune.shared_users` shares no vector: only
+    fine-tuning and evaluation rerun, and they repeat the run without it to the digit."""
+    reference = json.loads((ci_copy / CI_RUN / "metrics.json").read_text())
+    (ci_copy / "shared.yaml").write_text("finetune: {shared_users: true}\n")
+    target = f"{CI_RUN}/metrics.json"
+    assert planned_jobs(snakemake(ci_copy, target, "-n", *CI_CONFIG, "shared.yaml")) == {"finetune": 1, "evaluate": 1}
+    snakemake(ci_copy, target, "--cores", "1", *CI_CONFIG, "shared.yaml")
+    model = EdgeAwareRecModel.load(ci_copy / CI_RUN / "finetune")
+    assert bool(model.has_content[: model.n_users].all())
+    assert model.user_row.tolist() == list(range(model.n_users))
+    assert (
+        "finetune: 0 users without content share one user vector"
+        in (ci_copy / "logs/demo/full-s0/finetune.log").read_text()
+    )
+    assert json.loads((ci_copy / target).read_text()) == reference
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """The training levers (docs/method.md 6.5): learning-rate schedule, hidden fraction, mutual
-regularization restricted to entities with content, and progress lines in logs."""
+regularization restricted to entities with content, users without content sharing one vector,
+and progress lines in logs."""
 
 from __future__ import annotations
 
@@ -84,16 +85,53 @@ def test_progress_writes_lines_not_frames(caplog):
     assert all("\r" not in line for line in lines) and "loss=99.0" in lines[-1]
 
 
-def test_model_saved_before_has_content_still_loads(tmp_path):
+def test_model_saved_before_has_content_and_user_row_still_loads(tmp_path):
     from safetensors.torch import load_file, save_file
 
     model = EdgeAwareRecModel(build_tiny_backbone(300, 1, 16, 2, 64), 3, 4)
     model.save(tmp_path)
     weights = load_file(tmp_path / "model.safetensors")
     weights.pop("has_content")
+    weights.pop("user_row")
     save_file(weights, tmp_path / "model.safetensors")
-    assert bool(EdgeAwareRecModel.load(tmp_path).has_content.all())
+    old = EdgeAwareRecModel.load(tmp_path)
+    assert bool(old.has_content.all())
+    assert old.user_row.tolist() == [0, 1, 2]  # and each user reads their own row
     weights.pop("tables.collab_user.weight")
     save_file(weights, tmp_path / "model.safetensors")
     with pytest.raises(ValueError, match="collab_user"):
         EdgeAwareRecModel.load(tmp_path)
+
+
+def test_shared_users_read_one_row_from_the_mean_and_persist(tmp_path):
+    model = EdgeAwareRecModel(build_tiny_backbone(300, 1, 16, 2, 64), 4, 3)
+    with torch.no_grad():
+        for t in model.tables.values():
+            t.weight.normal_()
+    model.set_content_nodes(torch.tensor([1, 4, 5, 6]))  # user 1 and the items have content
+    before = {side: model.tables[f"{side}_user"].weight.detach().clone() for side in ("collab", "content")}
+    assert model.share_contentless_users() == 3
+    users = torch.arange(4)
+    for side, table in before.items():
+        rows = model.entity_embedding(users, side)
+        for u in (0, 2, 3):
+            torch.testing.assert_close(rows[u], table[[0, 2, 3]].mean(0))
+        torch.testing.assert_close(rows[1], table[1])  # a user with content keeps their own
+    items = torch.arange(4, 7)
+    torch.testing.assert_close(model.entity_embedding(items, "collab"), model.tables["collab_item"].weight)
+    # One shared parameter row: a gradient through any of the three users reaches it.
+    model.entity_embedding(torch.tensor([3]), "collab").sum().backward()
+    grad = model.tables["collab_user"].weight.grad
+    assert grad[0].abs().sum() > 0 and grad[1:].abs().sum() == 0
+    model.save(tmp_path)
+    loaded = EdgeAwareRecModel.load(tmp_path)
+    assert loaded.user_row.tolist() == [0, 1, 0, 0]
+    torch.testing.assert_close(loaded.entity_embedding(users, "collab"), model.entity_embedding(users, "collab"))
+
+
+def test_shared_users_without_contentless_users_change_nothing():
+    model = EdgeAwareRecModel(build_tiny_backbone(300, 1, 16, 2, 64), 2, 3)
+    before = model.tables["collab_user"].weight.detach().clone()
+    assert model.share_contentless_users() == 0  # every node has content until told otherwise
+    assert model.user_row.tolist() == [0, 1]
+    torch.testing.assert_close(model.tables["collab_user"].weight, before)

@@ -26,6 +26,7 @@ import pytest
 from conftest import CI_CONFIG, REPO, copy_checkout, planned_jobs, snakemake
 
 from llm4rec.data import demo
+from llm4rec.model.edge_model import EdgeAwareRecModel
 
 pytestmark = pytest.mark.slow
 
@@ -225,7 +226,9 @@ def test_local_csv_interactions_only(tmp_path, small_tables):
 
 
 def test_local_jsonl_categories_only(tmp_path, small_tables):
-    """`source: local`, JSON lines: interactions without texts, items with categories only."""
+    """`source: local`, JSON lines: interactions without texts, items with categories only,
+    fine-tuned with `shared_users` as configs/beauty.yaml does: no user occurs in a content
+    example, so every user reads one shared vector."""
     items, reviews = small_tables
     work = copy_checkout(tmp_path / "work")
     reviews.to_json(work / "interactions.jsonl", orient="records", lines=True)
@@ -233,9 +236,15 @@ def test_local_jsonl_categories_only(tmp_path, small_tables):
         work / "items.jsonl", orient="records", lines=True
     )
     cfg = _write_config(work, "cats", {"source": "local", "reviews": "interactions.jsonl", "items": "items.jsonl"})
-    out = _main_command(work, "cats", *CI_CONFIG, cfg)
+    (work / "shared.yaml").write_text("finetune: {shared_users: true}\n")
+    out = _main_command(work, "cats", *CI_CONFIG, cfg, "shared.yaml")
     _assert_histories_finite(out)
     assert _has_heatmap(out)
+    model = EdgeAwareRecModel.load(out / "full-s0" / "finetune")
+    assert not model.has_content[: model.n_users].any()
+    assert set(model.user_row.tolist()) == {0}
+    log = (work / "logs" / "cats" / "full-s0" / "finetune.log").read_text()
+    assert f"finetune: {model.n_users} users without content share one user vector" in log
 
 
 @pytest.mark.skipif(not BEAUTY_DATA.is_dir(), reason=f"Amazon Beauty data folder {BEAUTY_DATA} is absent")

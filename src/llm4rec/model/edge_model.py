@@ -109,6 +109,9 @@ class EdgeAwareRecModel(nn.Module):
         # Which nodes (users, then items) occur in a content example: with mutual_reg
         # "content_entities" only they are regularized (see `set_content_nodes`).
         self.register_buffer("has_content", torch.ones(self.n_users + self.n_items, dtype=torch.bool))
+        # The table row each user reads: their own, or after `share_contentless_users` one row
+        # shared by every user without content.
+        self.register_buffer("user_row", torch.arange(self.n_users))
         if freeze_backbone:
             for p in self.backbone.parameters():
                 p.requires_grad_(False)
@@ -126,6 +129,25 @@ class EdgeAwareRecModel(nn.Module):
             self.register_buffer("hop_class", torch.from_numpy(learn), persistent=False)
             self.register_buffer("hop_offset", torch.from_numpy(exact - lut[learn]), persistent=False)
 
+    def share_contentless_users(self) -> int:
+        """Make every user without content read one shared row of both user tables, starting
+        at the mean of their rows; returns how many users share it.
+
+        Such a user's own collaborative vector learns from one batch per epoch and nothing
+        else ties it to anything (no content to regularize towards): it memorizes the user's
+        train items and adds noise to a prediction the history already makes. Shared, the
+        user is read from their history alone, like Mult-VAE's encoder."""
+        rows = torch.nonzero(~self.has_content[: self.n_users]).flatten()
+        if len(rows) == 0:
+            return 0
+        shared = rows[0]
+        with torch.no_grad():
+            for side in SIDES:
+                table = self.tables[f"{side}_user"].weight
+                table[shared] = table[self.user_row[rows]].float().mean(0).to(table.dtype)
+            self.user_row[rows] = shared
+        return len(rows)
+
     # --- embeddings -------------------------------------------------------------------
     @property
     def lm(self) -> PreTrainedModel:
@@ -141,7 +163,7 @@ class EdgeAwareRecModel(nn.Module):
         users = self.tables[f"{side}_user"]
         items = self.tables[f"{side}_item"]
         is_user = (nodes < self.n_users)[..., None]
-        u = users(nodes.clamp(0, self.n_users - 1))
+        u = users(self.user_row[nodes.clamp(0, self.n_users - 1)])
         i = items((nodes - self.n_users).clamp(0, self.n_items - 1))
         return torch.where(is_user, u, i)
 
@@ -303,7 +325,8 @@ class EdgeAwareRecModel(nn.Module):
         f = p / "model.safetensors" if p.is_dir() else p
         missing, unexpected = load_model(self, str(f), strict=False)
         # Models saved before `has_content` existed regularized every entity: keep that.
-        missing = [k for k in missing if k != "has_content" and not self._is_base_weight(k)]
+        # and before `user_row` gave each user their own row.
+        missing = [k for k in missing if k not in ("has_content", "user_row") and not self._is_base_weight(k)]
         legacy = self.edge_bias == "learned" and "edge_weight" in unexpected
         unexpected = [k for k in unexpected if not (legacy and k == "edge_weight")]
         if missing or unexpected:

@@ -58,6 +58,7 @@ class FinetuneSettings:
     weight_decay: float = 0.0
     warmup_steps: int = 0
     lr_decay: str = "constant"  # or "cosine"
+    shared_users: bool = False
 
 
 @dataclass(frozen=True)
