@@ -260,7 +260,7 @@ def test_lora_save_load_and_resume(tok, graph, lora_model, tmp_path):
         want = model.score(batches["eval"])
     model.save(tmp_path / "run")
     keys = set(load_file(tmp_path / "run" / "model.safetensors"))
-    assert keys and all("lora_" in k or k.startswith("tables.") or k == "has_content" for k in keys)
+    assert keys and all("lora_" in k or k.startswith("tables.") or k in ("has_content", "user_row") for k in keys)
     meta = json.loads((tmp_path / "run" / "rec_config.json").read_text())
     assert meta["base_name"] == str(path) and meta["lora"]["r"] == 4 and "base_revision" in meta
     back = EdgeAwareRecModel.load(tmp_path / "run", attn_implementation="sdpa").eval()
