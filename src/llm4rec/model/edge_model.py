@@ -324,8 +324,8 @@ class EdgeAwareRecModel(nn.Module):
         p = Path(path)
         f = p / "model.safetensors" if p.is_dir() else p
         missing, unexpected = load_model(self, str(f), strict=False)
-        # Models saved before `has_content` existed regularized every entity: keep that.
-        # and before `user_row` gave each user their own row.
+        # Models saved before `has_content` existed regularized every entity, and before
+        # `user_row` each user read their own row: the defaults keep both.
         missing = [k for k in missing if k not in ("has_content", "user_row") and not self._is_base_weight(k)]
         legacy = self.edge_bias == "learned" and "edge_weight" in unexpected
         unexpected = [k for k in unexpected if not (legacy and k == "edge_weight")]
