@@ -128,7 +128,8 @@ def finetune(paths: StagePaths, settings: RunSettings, fingerprint: str, threads
         paths.pretrained, attn_implementation=m.attn_implementation, gradient_checkpointing=m.gradient_checkpointing
     )
     if f.shared_users:
-        log.info("finetune: %d users without content share one user vector", model.share_contentless_users())
+        n_shared = model.share_contentless_users()
+        log.info("finetune: %d users without content share one user vector", n_shared)
     # Content tables are regularization targets only (docs/method.md 6.3).
     for side_table in ("content_user", "content_item"):
         model.tables[side_table].weight.requires_grad_(False)
