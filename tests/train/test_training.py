@@ -224,17 +224,29 @@ def test_shared_users_change_nothing_where_every_user_has_content(ci_copy):
 
 
 @pytest.mark.slow
-def test_resume_after_kill_equals_uninterrupted_run(ci_copy):
+@pytest.mark.parametrize("lever", [None, "untied_head"])
+def test_resume_after_kill_equals_uninterrupted_run(ci_copy, lever):
+    """Killed after an epoch and rerun, fine-tuning resumes from its checkpoint and ends where
+    an uninterrupted run ends; with `untied_head` the checkpoint carries the head's own table."""
     work = ci_copy
-    reference = json.loads((work / CI_RUN / "metrics.json").read_text())
     target = f"{CI_RUN}/metrics.json"
+    config = CI_CONFIG
+    if lever:
+        (work / "lever.yaml").write_text(f"finetune: {{{lever}: true}}\n")
+        config = (*CI_CONFIG, "lever.yaml")
+        snakemake(work, target, "--cores", "1", *config)  # the uninterrupted run
+        model = EdgeAwareRecModel.load(work / CI_RUN / "finetune")
+        assert model.rec_item is not None
+        assert not torch.equal(model.rec_item, model.tables["collab_item"].weight)  # trained apart
+    reference = json.loads((work / target).read_text())
     _without_finetune_outputs(work)
-    proc = _start(work, target, "--cores", "1", *CI_CONFIG)
+    proc = _start(work, target, "--cores", "1", *config)
     killed_at = _kill_after_first_epoch(work, proc, "finetune")
-    snakemake(work, "--unlock", *CI_CONFIG)
-    snakemake(work, target, "--cores", "1", *CI_CONFIG, "--rerun-incomplete")
+    snakemake(work, "--unlock", *config)
+    snakemake(work, target, "--cores", "1", *config, "--rerun-incomplete")
     log = (work / "logs/demo/full-s0/finetune.log").read_text()
     assert f"resuming after epoch {killed_at}" in log
+    assert ("the recommendation head has its own item table" in log) == bool(lever)
     resumed = json.loads((work / target).read_text())
     assert resumed == reference
     assert not (work / CI_RUN / "finetune.ckpt").exists()

@@ -1,6 +1,6 @@
 """The training levers (docs/method.md 6.5): learning-rate schedule, hidden fraction, mutual
 regularization restricted to entities with content, users without content sharing one vector,
-and progress lines in logs."""
+the recommendation head's own item table, and progress lines in logs."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 
 from llm4rec.core.logs import progress
 from llm4rec.model.backbone import build_tiny_backbone
+from llm4rec.model.collate import EdgeAwareCollator
 from llm4rec.model.edge_model import EdgeAwareRecModel
 from llm4rec.model.encoding import build_finetune_examples
 from llm4rec.model.tokenization import EntityVocab, load_tokenizer, train_bpe_tokenizer
@@ -135,3 +136,38 @@ def test_shared_users_without_contentless_users_change_nothing():
     assert model.share_contentless_users() == 0  # every node has content until told otherwise
     assert model.user_row.tolist() == [0, 1]
     torch.testing.assert_close(model.tables["collab_user"].weight, before)
+
+
+def test_untied_head_scores_with_its_own_table_and_persists(tok, tmp_path):
+    train = [np.array([0, 2]), np.array([1, 3, 4])]
+    backbone = build_tiny_backbone(len(tok), n_layer=1, n_embd=16, n_head=2, n_positions=64)
+    model = EdgeAwareRecModel(backbone, len(train), 5).eval()  # no dropout: scores comparable
+    ev = model.entity_vocab
+    batch = EdgeAwareCollator(ev, None, "none", 0)(
+        [dict(x) for x in build_finetune_examples(train, tok, ev, 64, seed=0, epoch=0, hide_frac=0.5)]
+    )
+    tied = model.score(batch).detach()
+    model.untie_head()
+    head = model.rec_item
+    torch.testing.assert_close(head, model.tables["collab_item"].weight)  # a copy to start from
+    assert head.data_ptr() != model.tables["collab_item"].weight.data_ptr()
+    torch.testing.assert_close(model.score(batch), tied)
+    assert any(p is head for p in model.side_parameters("collab"))
+    assert not any(p is head for p in model.side_parameters("content"))
+    # The head's rows score; the collaborative table only feeds the prompt's items.
+    with torch.no_grad():
+        head[3] += 1.0
+    h = model.hidden_states(batch, "collab")
+    last = h[torch.arange(2), batch["lengths"] - 1]
+    torch.testing.assert_close(model.score(batch), last @ head.T)
+    loss, _ = model.finetune_step(batch)
+    loss.backward()  # the loss alone: the regularizer reaches every train item's row
+    assert head.grad is not None and head.grad.abs().sum() > 0
+    shown = batch["node_ids"][batch["node_ids"] >= ev.n_users] - ev.n_users
+    item_grad = model.tables["collab_item"].weight.grad.abs().sum(1)
+    assert set(torch.nonzero(item_grad).flatten().tolist()) == set(shown.tolist())
+    model.save(tmp_path)
+    loaded = EdgeAwareRecModel.load(tmp_path).eval()
+    torch.testing.assert_close(loaded.rec_item, head)
+    torch.testing.assert_close(loaded.score(batch), model.score(batch))
+    assert EdgeAwareRecModel(build_tiny_backbone(len(tok), 1, 16, 2, 64), 2, 5).rec_item is None

@@ -227,8 +227,8 @@ def test_local_csv_interactions_only(tmp_path, small_tables):
 
 def test_local_jsonl_categories_only(tmp_path, small_tables):
     """`source: local`, JSON lines: interactions without texts, items with categories only,
-    fine-tuned with `shared_users` as configs/beauty.yaml does: no user occurs in a content
-    example, so every user reads one shared vector."""
+    fine-tuned with `shared_users` and `untied_head` as configs/beauty.yaml does: no user occurs
+    in a content example, so every user reads one shared vector."""
     items, reviews = small_tables
     work = copy_checkout(tmp_path / "work")
     reviews.to_json(work / "interactions.jsonl", orient="records", lines=True)
@@ -236,13 +236,14 @@ def test_local_jsonl_categories_only(tmp_path, small_tables):
         work / "items.jsonl", orient="records", lines=True
     )
     cfg = _write_config(work, "cats", {"source": "local", "reviews": "interactions.jsonl", "items": "items.jsonl"})
-    (work / "shared.yaml").write_text("finetune: {shared_users: true}\n")
+    (work / "shared.yaml").write_text("finetune: {shared_users: true, untied_head: true}\n")
     out = _main_command(work, "cats", *CI_CONFIG, cfg, "shared.yaml")
     _assert_histories_finite(out)
     assert _has_heatmap(out)
     model = EdgeAwareRecModel.load(out / "full-s0" / "finetune")
     assert not model.has_content[: model.n_users].any()
     assert set(model.user_row.tolist()) == {0}
+    assert model.rec_item is not None and model.rec_item.shape == model.tables["collab_item"].weight.shape
     log = (work / "logs" / "cats" / "full-s0" / "finetune.log").read_text()
     assert f"finetune: {model.n_users} users without content share one user vector" in log
 

@@ -73,6 +73,7 @@ class EdgeAwareRecModel(nn.Module):
         base_name: str | None = None,
         base_revision: str | None = None,
         backbone_layers: int | None = None,
+        untied_head: bool = False,
     ) -> None:
         super().__init__()
         if mutual_reg not in MUTUAL_REG:
@@ -112,6 +113,11 @@ class EdgeAwareRecModel(nn.Module):
         # The table row each user reads: their own, or after `share_contentless_users` one row
         # shared by every user without content.
         self.register_buffer("user_row", torch.arange(self.n_users))
+        # The recommendation head's own item table after `untie_head`; None: the collaborative
+        # item table is the head (the paper).
+        self.rec_item: nn.Parameter | None = None
+        if untied_head:
+            self.untie_head()
         if freeze_backbone:
             for p in self.backbone.parameters():
                 p.requires_grad_(False)
@@ -148,6 +154,16 @@ class EdgeAwareRecModel(nn.Module):
             self.user_row[rows] = shared
         return len(rows)
 
+    def untie_head(self) -> None:
+        """Give the recommendation head its own item table, a copy of the collaborative one.
+
+        Tied, one vector per item must both describe the item as an input (what having it says
+        about a user) and score it as an output (which users it suits), as Mult-DAE's encoder
+        and decoder would if they shared weights; untied, the prompt keeps reading the
+        collaborative table (still regularized towards the content one) and the head learns
+        its own rows from where pre-training left them."""
+        self.rec_item = nn.Parameter(self.tables["collab_item"].weight.detach().clone())
+
     # --- embeddings -------------------------------------------------------------------
     @property
     def lm(self) -> PreTrainedModel:
@@ -171,6 +187,8 @@ class EdgeAwareRecModel(nn.Module):
         """One optimizer's parameters: the side's tables and the trainable part of the shared
         backbone (all of it, the LoRA adapters only, or nothing when frozen)."""
         params = [self.tables[f"{side}_user"].weight, self.tables[f"{side}_item"].weight]
+        if side == "collab" and self.rec_item is not None:
+            params.append(self.rec_item)
         params += [p for p in self.backbone.parameters() if p.requires_grad]
         if self.edge_bias == "learned":
             params.append(self.hop_bias)
@@ -263,11 +281,13 @@ class EdgeAwareRecModel(nn.Module):
         return loss, self.regularization(batch, "collab", "content")
 
     def score(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Item logits `[B, n_items]` from the last prompt token (collaborative tables)."""
+        """Item logits `[B, n_items]` from the last prompt token (collaborative tables; the
+        head's own item table once untied)."""
         h = self.hidden_states(batch, "collab")
         last = (batch["lengths"] - 1).to(h.device)
         h_last = h[torch.arange(h.shape[0], device=h.device), last]
-        return h_last @ self.tables["collab_item"].weight.T
+        head = self.tables["collab_item"].weight if self.rec_item is None else self.rec_item
+        return h_last @ head.T
 
     def finetune_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Multinomial loss -mean_b sum_i y_bi log softmax(scores)_bi, and the recommendation
@@ -311,6 +331,7 @@ class EdgeAwareRecModel(nn.Module):
             "base_name": self.base_name,
             "base_revision": self.base_revision,
             "backbone_layers": self.backbone_layers,
+            "untied_head": self.rec_item is not None,
         }
         (out / "rec_config.json").write_text(json.dumps(meta, indent=2))
 

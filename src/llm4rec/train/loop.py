@@ -130,6 +130,9 @@ def finetune(paths: StagePaths, settings: RunSettings, fingerprint: str, threads
     if f.shared_users:
         n_shared = model.share_contentless_users()
         log.info("finetune: %d users without content share one user vector", n_shared)
+    if f.untied_head:
+        model.untie_head()
+        log.info("finetune: the recommendation head has its own item table (untied_head)")
     # Content tables are regularization targets only (docs/method.md 6.3).
     for side_table in ("content_user", "content_item"):
         model.tables[side_table].weight.requires_grad_(False)

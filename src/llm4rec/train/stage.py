@@ -59,6 +59,7 @@ class FinetuneSettings:
     warmup_steps: int = 0
     lr_decay: str = "constant"  # or "cosine"
     shared_users: bool = False
+    untied_head: bool = False
 
 
 @dataclass(frozen=True)
