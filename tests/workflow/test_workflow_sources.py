@@ -227,8 +227,8 @@ def test_local_csv_interactions_only(tmp_path, small_tables):
 
 def test_local_jsonl_categories_only(tmp_path, small_tables):
     """`source: local`, JSON lines: interactions without texts, items with categories only,
-    fine-tuned with `shared_users` and `untied_head` as configs/beauty.yaml does: no user occurs
-    in a content example, so every user reads one shared vector."""
+    fine-tuned with `shared_users` as configs/beauty.yaml does (no user occurs in a content
+    example, so every user reads one shared vector) and the optional `untied_head`."""
     items, reviews = small_tables
     work = copy_checkout(tmp_path / "work")
     reviews.to_json(work / "interactions.jsonl", orient="records", lines=True)
