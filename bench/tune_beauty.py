@@ -46,6 +46,32 @@ def merged_config(config_files: list[str], sets: list[str]) -> dict:
     return cfg
 
 
+def warn_settings_fixed_by_pretrained(pretrained: Path, model: dict) -> list[str]:
+    """Log each model setting that differs from the reused pre-trained model's `rec_config.json`
+    (and, for `tiny`, its `backbone/config.json`).
+
+    Fine-tuning builds the model from those files, so such a `--set` changes nothing here (in
+    the workflow the same setting reruns pre-training); returns the keys that differ."""
+    stored = json.loads((pretrained / "rec_config.json").read_text())
+    differ = sorted(k for k, v in model.items() if k in stored and stored[k] != v)
+    backbone = pretrained / "backbone" / "config.json"
+    if model.get("backbone") == "tiny" and backbone.is_file():
+        arch = json.loads(backbone.read_text())
+        differ += [f"tiny.{k}" for k, v in sorted(model["tiny"].items()) if arch.get(k, v) != v]
+        stored = {**stored, **{f"tiny.{k}": arch.get(k) for k in model["tiny"]}}
+        model = {**model, **{f"tiny.{k}": v for k, v in model["tiny"].items()}}
+    for key in differ:
+        logging.warning(
+            "model.%s = %r is ignored: fine-tuning takes %r from the pre-trained model in %s "
+            "(remove it to pre-train with the new setting)",
+            key,
+            model[key],
+            stored[key],
+            pretrained,
+        )
+    return differ
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--name", required=True)
@@ -77,7 +103,9 @@ def main() -> None:
     typed = RunSettings.from_dict(settings)
     common = dict(processed=d / "processed", graph=d / "graph" / "relation", tokenizer=d / "tokenizer")
     t0 = time.time()
-    if not (run / "pretrain" / "model.safetensors").is_file():
+    if (run / "pretrain" / "model.safetensors").is_file():
+        warn_settings_fixed_by_pretrained(run / "pretrain", settings["model"])
+    else:
         pretrain(
             StagePaths(
                 **common, out=run / "pretrain", ckpt=run / "pretrain.ckpt", content=d / "encoded" / "content.npz"
