@@ -145,7 +145,8 @@ def test_backbone_trains_and_scores(tok, graph, tmp_path, arch, dtype):
     assert load_backbone(path, "sdpa").dtype == torch.float32
     torch.manual_seed(1)
     model = EdgeAwareRecModel(load_backbone(path, "sdpa", dtype=dt), N_USERS, N_ITEMS)
-    assert all(t.weight.dtype == dt for t in model.tables.values())
+    # The tables train in every dtype, so they stay float32 (mixed precision's master weights).
+    assert all(t.weight.dtype == torch.float32 for t in model.tables.values())
     batches = step_batches(tok, model.entity_vocab, m, idx)
     mask = model._mask(batches["content"], dt, torch.device("cpu"))
     assert mask.dtype == dt and not torch.isinf(mask).any() and mask.min() == torch.finfo(dt).min
@@ -154,7 +155,29 @@ def test_backbone_trains_and_scores(tok, graph, tmp_path, arch, dtype):
     model.eval()
     with torch.no_grad():
         scores = model.score(batches["eval"])
-    assert scores.shape == (3, N_ITEMS) and scores.dtype == dt and torch.isfinite(scores).all()
+    assert scores.shape == (3, N_ITEMS) and scores.dtype == torch.float32 and torch.isfinite(scores).all()
+
+
+def test_small_table_updates_survive_a_bfloat16_backbone(tok, graph, tmp_path):
+    """An Adam step of 1e-5 (a cosine's tail) moves the rows it trains under a bfloat16 backbone:
+    in bfloat16 itself, at the tables' scale (0.02: a resolution of 1.2e-4), it would round away."""
+    m, idx = graph
+    path = save_backbone(tmp_path / "gpt2", "gpt2", len(tok), torch.float32)
+    torch.manual_seed(1)
+    model = EdgeAwareRecModel(load_backbone(path, "sdpa", dtype=torch.bfloat16), N_USERS, N_ITEMS)
+    batch = step_batches(tok, model.entity_vocab, m, idx)["finetune"]
+    table = model.tables["collab_item"].weight
+    before = table.detach().clone()
+    opt = torch.optim.Adam([table], lr=1e-5)
+    loss, reg = model.finetune_step(batch)
+    (loss + reg).backward()
+    trained = table.grad.abs().sum(1) > 0
+    opt.step()
+    moved = (table.detach() - before).abs()
+    assert trained.any() and (moved[trained] > 0).all()
+    # The same step applied in bfloat16 leaves weights unchanged: what the float32 tables keep.
+    in_bf16 = before.bfloat16() + (table.detach() - before).bfloat16()
+    assert (in_bf16 == before.bfloat16())[trained].any()
 
 
 def test_half_precision_follows_float32(tok, graph, tmp_path):

@@ -80,7 +80,7 @@ def load_backbone(
     unsupported attention before loading weights.
 
     `dtype` defaults to float32 rather than the checkpoint's own ("auto" in transformers 5):
-    the tables, heads and mask follow the backbone, so its dtype must be a choice.
+    the computation and the mask follow the backbone, so its dtype must be a choice.
     """
     rev = {"revision": revision} if revision else {}
     config = AutoConfig.from_pretrained(str(name_or_path), trust_remote_code=False, **rev)

@@ -5,8 +5,10 @@ and item tables. Entity tokens are embedded from the side's tables, text tokens 
 backbone's own embeddings; the sequence enters the backbone as `inputs_embeds` with the
 additive `[B, 1, L, L]` (or, for `learned`, `[B, H, L, L]`) mask built by the collator.
 
-Large backbones: `dtype` (float32, bfloat16, float16) sets the backbone's weights and the
-tables alike; under autocast (accelerate's mixed precision) the mask takes the autocast dtype.
+Large backbones: `dtype` (float32, bfloat16, float16) sets the backbone's weights; the user and
+item tables, which always train, stay float32 (as the master weights of mixed precision) and
+enter the backbone cast to its dtype; under autocast (accelerate's mixed precision) the mask
+takes the autocast dtype.
 `lora` trains low-rank adapters (peft) instead of the backbone, and such a model saves only
 the adapters, tables and the base model's name and revision.
 """
@@ -105,8 +107,9 @@ class EdgeAwareRecModel(nn.Module):
             for ent, n in (("user", self.n_users), ("item", self.n_items)):
                 emb = nn.Embedding(n, d)
                 nn.init.normal_(emb.weight, std=std)
-                # The item tables are the collaborative and recommendation heads: same dtype as h.
-                self.tables[f"{side}_{ent}"] = emb.to(self.weight_dtype)
+                # float32 whatever the backbone's dtype: an optimizer step of about lr is below
+                # bfloat16's resolution at these weights' scale once lr decays, and would be lost.
+                self.tables[f"{side}_{ent}"] = emb
         # Which nodes (users, then items) occur in a content example: with mutual_reg
         # "content_entities" only they are regularized (see `set_content_nodes`).
         self.register_buffer("has_content", torch.ones(self.n_users + self.n_items, dtype=torch.bool))
@@ -276,7 +279,8 @@ class EdgeAwareRecModel(nn.Module):
         item table), and the collaborative tables pulled towards the content ones."""
         h = self.hidden_states(batch, "collab")
         hs, y = self._targets(h, batch["labels"])
-        logits = hs @ self.tables["collab_item"].weight.T
+        head = self.tables["collab_item"].weight
+        logits = hs.to(head.dtype) @ head.T
         loss = F.cross_entropy(logits.float(), y)
         return loss, self.regularization(batch, "collab", "content")
 
@@ -287,7 +291,7 @@ class EdgeAwareRecModel(nn.Module):
         last = (batch["lengths"] - 1).to(h.device)
         h_last = h[torch.arange(h.shape[0], device=h.device), last]
         head = self.tables["collab_item"].weight if self.rec_item is None else self.rec_item
-        return h_last @ head.T
+        return h_last.to(head.dtype) @ head.T
 
     def finetune_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Multinomial loss -mean_b sum_i y_bi log softmax(scores)_bi, and the recommendation
