@@ -53,19 +53,19 @@ def warn_settings_fixed_by_pretrained(pretrained: Path, model: dict) -> list[str
     Fine-tuning builds the model from those files, so such a `--set` changes nothing here (in
     the workflow the same setting reruns pre-training); returns the keys that differ."""
     stored = json.loads((pretrained / "rec_config.json").read_text())
-    differ = sorted(k for k, v in model.items() if k in stored and stored[k] != v)
+    wanted = {k: v for k, v in model.items() if k in stored}
     backbone = pretrained / "backbone" / "config.json"
     if model.get("backbone") == "tiny" and backbone.is_file():
         arch = json.loads(backbone.read_text())
-        differ += [f"tiny.{k}" for k, v in sorted(model["tiny"].items()) if arch.get(k, v) != v]
-        stored = {**stored, **{f"tiny.{k}": arch.get(k) for k in model["tiny"]}}
-        model = {**model, **{f"tiny.{k}": v for k, v in model["tiny"].items()}}
+        stored |= {f"tiny.{k}": arch.get(k, v) for k, v in model["tiny"].items()}
+        wanted |= {f"tiny.{k}": v for k, v in model["tiny"].items()}
+    differ = sorted(k for k, v in wanted.items() if stored[k] != v)
     for key in differ:
         logging.warning(
             "model.%s = %r is ignored: fine-tuning takes %r from the pre-trained model in %s "
             "(remove it to pre-train with the new setting)",
             key,
-            model[key],
+            wanted[key],
             stored[key],
             pretrained,
         )
