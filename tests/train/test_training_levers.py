@@ -5,6 +5,7 @@ the recommendation head's own item table, and progress lines in logs."""
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from llm4rec.model.collate import EdgeAwareCollator
 from llm4rec.model.edge_model import EdgeAwareRecModel
 from llm4rec.model.encoding import build_finetune_examples
 from llm4rec.model.tokenization import EntityVocab, load_tokenizer, train_bpe_tokenizer
+from llm4rec.train.stage import FinetuneSettings
 from llm4rec.train.steps import lr_schedule, make_optimizer
 
 
@@ -28,6 +30,14 @@ def test_lr_schedule_warmup_then_cosine_to_zero():
     assert all(at(s) >= at(s + 1) for s in range(10, 110))
     const = lr_schedule(0.3, total_steps=50)
     assert {const(s) for s in range(50)} == {0.3}
+
+
+def test_min_steps_raise_epochs_only_where_they_fall_short():
+    f = FinetuneSettings(epochs=16, lr=1e-3, batch_size=256, patience=16, min_steps=1400)
+    assert f.epochs_for(88) == 16  # Beauty: 16 epochs of 88 steps are 1,408 steps
+    assert f.epochs_for(12) == 117  # 3,000 users: ceil(1,400 / 12)
+    assert f.epochs_for(1400) == 16
+    assert replace(f, min_steps=0).epochs_for(1) == 16
 
 
 def test_weight_decay_switches_to_adamw():

@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -60,6 +61,12 @@ class FinetuneSettings:
     lr_decay: str = "constant"  # or "cosine"
     shared_users: bool = False
     untied_head: bool = False
+    min_steps: int = 0
+
+    def epochs_for(self, steps_per_epoch: int) -> int:
+        """`epochs`, raised where a data set is too small for them to reach `min_steps`
+        optimizer steps of `steps_per_epoch` each (docs/method.md 6.5)."""
+        return max(self.epochs, math.ceil(self.min_steps / steps_per_epoch))
 
 
 @dataclass(frozen=True)
