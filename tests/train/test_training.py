@@ -402,19 +402,21 @@ def test_logs_tell_early_stop_best_epoch_and_test_metrics(ci_copy):
 
 
 @pytest.mark.slow
-def test_min_steps_raise_the_epochs_of_a_small_data_set(ci_copy):
+def test_min_steps_stretch_the_schedule_of_a_small_data_set(ci_copy):
     """With one step per epoch (a batch larger than the demo's users), `min_steps: 3` turns
-    `epochs: 1` into three epochs: the log says so, and the history and schedule span them."""
+    `epochs: 1` into three epochs and patience 1 into 3: the log says so, and the run goes on
+    through epochs without gain (lr 1e-12 changes no score) to the third."""
     work = ci_copy
     (work / "steps.yaml").write_text(
-        "finetune: {epochs: 1, batch_size: 100000, min_steps: 3, patience: 5, lr_decay: cosine}\n"
+        "finetune: {epochs: 1, batch_size: 100000, min_steps: 3, patience: 1, lr: 1.0e-12, lr_decay: cosine}\n"
     )
     target = f"{CI_RUN}/metrics.json"
     assert planned_jobs(snakemake(work, target, "-n", *CI_CONFIG, "steps.yaml")) == {"finetune": 1, "evaluate": 1}
     snakemake(work, target, "--cores", "1", *CI_CONFIG, "steps.yaml")
     ft = (work / "logs/demo/full-s0/finetune.log").read_text()
-    assert "finetune: 3 epochs instead of 1, to reach min_steps 3 at 1 steps per epoch" in ft
-    assert "finetune: ran all 3 epochs" in ft
+    assert "finetune: 3 epochs instead of 1 and patience 3 instead of 1, to reach min_steps 3 at 1 steps" in ft
+    assert "no improvement 2/3" in ft
+    assert "finetune: ran all 3 epochs; keeping the best epoch, 0" in ft
     history = pd.read_csv(work / CI_RUN / "finetune" / "history.csv")
     assert history["epoch"].tolist() == [0, 1, 2]
 

@@ -32,12 +32,13 @@ def test_lr_schedule_warmup_then_cosine_to_zero():
     assert {const(s) for s in range(50)} == {0.3}
 
 
-def test_min_steps_raise_epochs_only_where_they_fall_short():
+def test_min_steps_stretch_epochs_and_patience_only_where_they_fall_short():
     f = FinetuneSettings(epochs=16, lr=1e-3, batch_size=256, patience=16, min_steps=1400)
-    assert f.epochs_for(88) == 16  # Beauty: 16 epochs of 88 steps are 1,408 steps
-    assert f.epochs_for(12) == 117  # 3,000 users: ceil(1,400 / 12)
-    assert f.epochs_for(1400) == 16
-    assert replace(f, min_steps=0).epochs_for(1) == 16
+    assert f.stretched(88) == (16, 16)  # Beauty: 16 epochs of 88 steps are 1,408 steps
+    assert f.stretched(12) == (117, 117)  # 3,000 users: ceil(1,400 / 12)
+    assert f.stretched(1400) == (16, 16)
+    assert replace(f, patience=4).stretched(12) == (117, 30)  # ceil(4 x 117 / 16)
+    assert replace(f, min_steps=0).stretched(1) == (16, 16)
 
 
 def test_weight_decay_switches_to_adamw():

@@ -147,18 +147,21 @@ def finetune(paths: StagePaths, settings: RunSettings, fingerprint: str, threads
     trainer = Trainer(acc.prepare(StepModule(model)), acc, collate)
     opt = acc.prepare(opt)
     per_epoch = math.ceil(sum(len(t) > 0 for t in data.train_items) / f.batch_size)
-    epochs = f.epochs_for(per_epoch)
+    epochs, patience = f.stretched(per_epoch)
     if epochs > f.epochs:
         log.info(
-            "finetune: %d epochs instead of %d, to reach min_steps %d at %d steps per epoch",
+            "finetune: %d epochs instead of %d and patience %d instead of %d, to reach min_steps %d "
+            "at %d steps per epoch",
             epochs,
             f.epochs,
+            patience,
+            f.patience,
             f.min_steps,
             per_epoch,
         )
     lr_at = lr_schedule(f.lr, per_epoch * epochs, f.warmup_steps, f.lr_decay)
     for epoch in range(state.epoch + 1, epochs):
-        if state.bad_epochs >= f.patience:
+        if state.bad_epochs >= patience:
             break
         examples = build_finetune_examples(data.train_items, tokenizer, ev, max_len, seed, epoch, f.hide_frac)
         label = f"finetune epoch {epoch}"
@@ -174,7 +177,7 @@ def finetune(paths: StagePaths, settings: RunSettings, fingerprint: str, threads
         else:
             state.bad_epochs += 1
         row = {"epoch": epoch, **row, **{f"val_{k}": val[k] for k in METRICS}, "val_score": score}
-        verdict = "best so far" if improved else f"no improvement {state.bad_epochs}/{f.patience}"
+        verdict = "best so far" if improved else f"no improvement {state.bad_epochs}/{patience}"
         log.info(
             "finetune epoch %d: %s; validation %s, score %.4f (%s)",
             epoch,
@@ -188,7 +191,7 @@ def finetune(paths: StagePaths, settings: RunSettings, fingerprint: str, threads
         if acc.is_main_process:
             ckpt.save(_unwrap(acc, trainer.steps).model, {"rec": _unwrap_opt(opt)}, state, improved)
         acc.wait_for_everyone()
-    _log_finetune_end(state, epochs, f.patience)
+    _log_finetune_end(state, epochs, patience)
     if acc.is_main_process:
         model = _unwrap(acc, trainer.steps).model
         if ckpt.best_weights().is_file():

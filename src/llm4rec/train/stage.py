@@ -63,10 +63,12 @@ class FinetuneSettings:
     untied_head: bool = False
     min_steps: int = 0
 
-    def epochs_for(self, steps_per_epoch: int) -> int:
-        """`epochs`, raised where a data set is too small for them to reach `min_steps`
-        optimizer steps of `steps_per_epoch` each (docs/method.md 6.5)."""
-        return max(self.epochs, math.ceil(self.min_steps / steps_per_epoch))
+    def stretched(self, steps_per_epoch: int) -> tuple[int, int]:
+        """`epochs` and `patience`, both stretched by the factor that takes `epochs` of
+        `steps_per_epoch` optimizer steps to `min_steps` where they fall short: a small data
+        set gets the schedule's steps, and as many of them to improve (docs/method.md 6.5)."""
+        epochs = max(self.epochs, math.ceil(self.min_steps / steps_per_epoch))
+        return epochs, math.ceil(self.patience * epochs / self.epochs)
 
 
 @dataclass(frozen=True)
