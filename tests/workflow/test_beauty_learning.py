@@ -67,9 +67,10 @@ def test_beauty_settings_beat_popularity_on_held_out_users(tmp_path, kind):
     configs, items_file = CONFIGS[kind]
     work = copy_checkout(tmp_path / "work")
     spec = _subsample(work, items_file)
-    # configs/beauty.yaml's `finetune.min_steps` would stretch this half's 16 epochs of 25 steps to
-    # 56 (minutes of CI time); the test keeps the 16, which learn well past its margin, and the
-    # demo's test_min_steps_raise_the_epochs_of_a_small_data_set covers the setting.
+    # configs/beauty.yaml's `finetune.min_steps` would stretch this half's 16 epochs of 25 steps
+    # (and its patience) to 56 (minutes of CI time); the test keeps the 16, which learn well past
+    # its margin, and the demo's test_min_steps_stretch_the_schedule_of_a_small_data_set covers
+    # the setting.
     subsample = {"dataset": "beauty_sub", "datasets": {"beauty_sub": spec}, "finetune": {"min_steps": 0}}
     (work / "subsample.yaml").write_text(json.dumps(subsample))
     snakemake(work, "--cores", "2", "--configfile", *configs, "subsample.yaml", timeout=2400)
